@@ -1,0 +1,250 @@
+"""The autoregressive loop (spec §4): condition frames → cache; per AR step, denoise a chunk of l frames
+with the cache read-only, yield it, write it (perturbed to `prefix_perturb_t`) to the cache.
+
+Engines share the loop and differ only in how a denoising step sees the clean frames:
+  cache           Ca2-VDM: K|V of clean frames computed once, shared by every denoising step
+  recompute       no cache; the last ≤ L_max clean frames are re-run at every step (OS-Ext baseline)
+  recompute-full  no cache and no cap: the condition grows with the video (the quadratic case)
+
+Noise is drawn on the CPU from generators keyed by (seed, purpose, chunk index), so a sample's frames
+depend only on its seed and conditioning — not on the batch, the device, or where a render resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.diffusion import Diffusion, guide
+from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.model import CausalSTDiT
+
+ENGINES = ("cache", "recompute", "recompute-full")
+SAMPLERS = ("iddpm", "ddim")
+
+StepCallback = Callable[[int, int, int], None]  # (chunk index, finished step, total steps)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    steps: int = 100
+    sampler: str = "iddpm"
+    ddim_eta: float = 0.0
+    chunk: int = 8  # l: frames generated per AR step
+    cache_frames: int = 25  # L_max: clean frames kept in the queue
+    cfg_scale: float = 1.0
+    prefix_perturb_t: int = 50  # noise level (of 1000) of what is written to the cache; 0 = off
+
+    def validate(self, model: ModelConfig) -> None:
+        """Raise ConfigError naming the bad value and the bound it breaks."""
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
+        if self.sampler == "iddpm" and not 2 <= self.steps <= 1000:
+            raise ConfigError(f"steps={self.steps}: the iddpm sampler needs 2..1000 steps")
+        if self.sampler == "ddim" and not 1 <= self.steps <= 1000:
+            raise ConfigError(f"steps={self.steps}: the ddim sampler needs 1..1000 steps")
+        if self.chunk < 1:
+            raise ConfigError(f"chunk={self.chunk} must be >= 1")
+        if self.cache_frames < 1:
+            raise ConfigError(f"cache_frames={self.cache_frames} must be >= 1")
+        if model.tpe_mode != "fixed" and self.cache_frames + self.chunk > model.max_tpe_len:
+            raise ConfigError(
+                f"cache_frames + chunk = {self.cache_frames} + {self.chunk} exceeds the model's "
+                f"{model.max_tpe_len} temporal positions; use cache_frames <= {model.max_tpe_len - self.chunk}"
+            )
+        if not 0 <= self.prefix_perturb_t < 1000:
+            raise ConfigError(f"prefix_perturb_t={self.prefix_perturb_t} must be in 0..999")
+        if self.cfg_scale != 1.0 and not model.has_text:
+            raise ConfigError(f"cfg_scale={self.cfg_scale} needs a text-conditioned model; use cfg_scale=1")
+        if self.ddim_eta < 0:
+            raise ConfigError(f"ddim_eta={self.ddim_eta} must be >= 0")
+
+
+# ----------------------------------------------------------------------------- noise
+def _stream_seed(seed: int, purpose: str, index: int) -> int:
+    digest = hashlib.sha256(f"ca2vdm/{seed}/{purpose}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seeded_noise(seeds: Sequence[int], purpose: str, index: int, shape: Sequence[int]) -> Tensor:
+    """Standard normal noise (B, *shape) on the CPU, one independent stream per (seed, purpose, index)."""
+    out = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(_stream_seed(int(seed), purpose, index))
+        out.append(torch.randn(tuple(shape), generator=gen))
+    return torch.stack(out)
+
+
+def chunk_lengths(num_frames: int, chunk: int) -> list[int]:
+    """Split num_frames new frames into AR chunks of `chunk` (the last one may be shorter)."""
+    full, rest = divmod(num_frames, chunk)
+    return [chunk] * full + ([rest] if rest else [])
+
+
+# ----------------------------------------------------------------------------- engines
+class CacheEngine:
+    """Clean frames enter the KV cache once; denoising steps only read it."""
+
+    def __init__(self, model: CausalSTDiT, rows: int, cache_frames: int) -> None:
+        self.model = model
+        self.cache = model.new_cache(rows, cache_frames)
+
+    def add_clean(self, z: Tensor, y: Tensor | None, y_mask: Tensor | None) -> None:
+        self.model.write_cache(self.cache, z, y, y_mask)
+
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None) -> Tensor:
+        return self.model.denoise(self.cache, x, t, y, y_mask)
+
+
+class RecomputeEngine:
+    """No cache: [clean condition frames ; noisy chunk] through the full causal forward at every step."""
+
+    def __init__(self, model: CausalSTDiT, max_condition: int | None) -> None:
+        self.model, self.max_condition = model, max_condition
+        self.condition: Tensor | None = None  # (rows, c, P, H, W)
+        self.first_index = 0  # absolute index of the first condition frame
+
+    def add_clean(self, z: Tensor, y: Tensor | None, y_mask: Tensor | None) -> None:
+        cond = z if self.condition is None else torch.cat([self.condition, z], dim=2)
+        if self.max_condition is not None and cond.shape[2] > self.max_condition:
+            self.first_index += cond.shape[2] - self.max_condition
+            cond = cond[:, :, -self.max_condition :]
+        self.condition = cond
+
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None) -> Tensor:
+        if self.condition is None:
+            return self.model(x, t, y, y_mask)
+        P, T = self.condition.shape[2], self.condition.shape[2] + x.shape[2]
+        full = torch.cat([self.condition, x], dim=2)  # (rows, c, P + l, H, W)
+        frame_t = torch.zeros(x.shape[0], T, device=x.device)
+        frame_t[:, P:] = t[:, None]
+        prefix = torch.zeros(x.shape[0], T, device=x.device)
+        prefix[:, :P] = 1
+        start = self.first_index if self.model.config.tpe_mode != "fixed" else 0
+        return self.model(full, frame_t, y, y_mask, prefix_mask=prefix, tpe_start=start)[:, :, P:]
+
+
+def make_engine(name: str, model: CausalSTDiT, rows: int, cache_frames: int) -> CacheEngine | RecomputeEngine:
+    if name == "cache":
+        return CacheEngine(model, rows, cache_frames)
+    if name == "recompute":
+        return RecomputeEngine(model, cache_frames)
+    if name == "recompute-full":
+        return RecomputeEngine(model, None)
+    raise ConfigError(f"engine {name!r} is not one of {ENGINES}")
+
+
+# ----------------------------------------------------------------------------- the loop
+@torch.inference_mode()
+def sample_video(
+    model: CausalSTDiT,
+    config: SamplingConfig,
+    *,
+    num_frames: int,
+    seeds: Sequence[int],
+    prefix: Tensor | None = None,
+    y: Tensor | None = None,
+    y_mask: Tensor | None = None,
+    engine: str = "cache",
+    replay: Sequence[Tensor] = (),
+    on_step: StepCallback | None = None,
+) -> Iterator[Tensor]:
+    """Generate `num_frames` new latent frames after `prefix` (B, c, P, H, W), yielding each chunk
+    (B, c, l, H, W) in float32 as soon as it is denoised.
+
+    `y` (B, N, C_text) / `y_mask` (B, N) is the caption (None: unconditional / null caption). `replay`
+    holds chunks generated earlier (a resumed render): they are written to the cache exactly as they were
+    the first time, not yielded. One seed per sample."""
+    cfg = model.config
+    config.validate(cfg)
+    B = len(seeds)
+    if prefix is not None and prefix.shape[0] != B:
+        raise ConfigError(f"prefix has batch {prefix.shape[0]} but {B} seeds were given")
+    if prefix is None and num_frames < 1:
+        raise ConfigError("nothing to generate: no prefix and num_frames < 1")
+    device = next(model.parameters()).device
+    num_prefix = 0 if prefix is None else prefix.shape[2]
+    if cfg.tpe_mode == "fixed" and num_prefix + num_frames > cfg.max_tpe_len and engine == "cache":
+        raise ConfigError(
+            f"this model has fixed temporal positions and can generate at most {cfg.max_tpe_len} frames "
+            f"with the cache; {num_prefix + num_frames} were asked for"
+        )
+    diffusion = Diffusion(config.steps)
+    use_cfg = config.cfg_scale != 1.0
+    rows = 2 * B if use_cfg else B
+    y_rows, mask_rows = _text_rows(model, y, y_mask, B, use_cfg, device)
+    runner = make_engine(engine, model, rows, config.cache_frames)
+    latent_shape = (cfg.in_channels, *cfg.latent_size)
+
+    def to_rows(z: Tensor) -> Tensor:
+        return torch.cat([z, z]) if use_cfg else z
+
+    def add_clean(z: Tensor, index: int) -> None:
+        if config.prefix_perturb_t > 0:  # perturb what the cache sees, never the output (spec §4.4)
+            noise = seeded_noise(seeds, "perturb", index, z.shape[1:]).to(device)
+            z = diffusion.q_sample(z, config.prefix_perturb_t, noise)
+        runner.add_clean(to_rows(z), y_rows, mask_rows)
+
+    if prefix is not None:
+        add_clean(prefix.to(device, torch.float32), 0)
+    lengths = chunk_lengths(num_frames, config.chunk)
+    replay = list(replay)
+    if len(replay) > len(lengths) or any(r.shape[2] != n for r, n in zip(replay, lengths, strict=False)):
+        raise ConfigError("replayed chunks do not match this run's chunk lengths (different --chunk or --frames?)")
+    for k, length in enumerate(lengths):
+        if k < len(replay):
+            z = replay[k].to(device, torch.float32)
+        else:
+            z = _denoise_chunk(runner, diffusion, config, seeds, k, (latent_shape[0], length, *latent_shape[1:]),
+                               to_rows, y_rows, mask_rows, device, on_step)
+            yield z
+        if k + 1 < len(lengths):
+            add_clean(z, k + 1)
+
+
+def _text_rows(model: CausalSTDiT, y: Tensor | None, y_mask: Tensor | None, B: int, use_cfg: bool,
+               device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """Caption rows for the model batch: [null; cond] with CFG (the null caption keeps the cond mask)."""
+    if not model.config.has_text:
+        if y is not None:
+            raise ConfigError("this model has no text conditioning; do not pass a caption")
+        return None, None
+    if y is None:
+        y = model.null_caption(B)
+    y = y.to(device)
+    mask = None if y_mask is None else y_mask.to(device)
+    if not use_cfg:
+        return y, mask
+    null = model.null_caption(B).to(device, y.dtype)
+    return torch.cat([null, y]), None if mask is None else torch.cat([mask, mask])
+
+
+def _denoise_chunk(runner: CacheEngine | RecomputeEngine, diffusion: Diffusion, config: SamplingConfig,
+                   seeds: Sequence[int], k: int, shape: tuple[int, ...], to_rows: Callable[[Tensor], Tensor],
+                   y: Tensor | None, y_mask: Tensor | None, device: torch.device,
+                   on_step: StepCallback | None) -> Tensor:
+    """Run every denoising step of chunk k; returns the clean chunk (B, c, l, H, W) float32."""
+    B, N = len(seeds), diffusion.num_steps
+    x = seeded_noise(seeds, "init", k, shape).to(device)  # (B, c, l, H, W)
+    stochastic = config.sampler == "iddpm" or config.ddim_eta > 0
+    step_noise = seeded_noise(seeds, "step", k, (N, *shape)).to(device) if stochastic else None  # (B, N, …)
+    timesteps = torch.tensor(diffusion.timestep_map, dtype=torch.float32, device=device)
+    for n, i in enumerate(reversed(range(N))):
+        t = timesteps[i].expand(x.shape[0] * (2 if config.cfg_scale != 1.0 else 1))
+        out = runner.predict(to_rows(x), t, y, y_mask)  # (rows, 2c, l, H, W)
+        if config.cfg_scale != 1.0:
+            out = guide(out, config.cfg_scale, x.shape[1])
+        noise = None if step_noise is None else step_noise[:, i]
+        if config.sampler == "iddpm":
+            x = diffusion.p_sample(out, x, i, noise)
+        else:
+            x = diffusion.ddim_sample(out, x, i, noise, config.ddim_eta)
+        if on_step is not None:
+            on_step(k, n + 1, N)
+    assert x.shape[0] == B
+    return x

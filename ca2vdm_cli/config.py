@@ -1,0 +1,231 @@
+"""Architecture configuration of CausalSTDiT: a plain dataclass, plus the mapping from the official
+`CausalSTDiT2` constructor arguments (spec §1.1). Pure Python: importing this never imports torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ca2vdm_cli.errors import ConfigError
+
+TPE_MODES = ("fixed", "cyclic", "rope")
+PE_MODES = ("off", "first_frame", "prev_frames")
+
+# Official registry names → (depth, hidden size, heads); all use patch (1, 2, 2) and mlp_ratio 4.
+OFFICIAL_VARIANTS: dict[str, tuple[int, int, int]] = {
+    "CausalSTDiT2-XL/2": (28, 1152, 16),
+    "CausalSTDiT2-Base": (14, 1152, 16),
+    "CausalSTDiT2-Tiny": (2, 1152, 16),
+}
+
+# Official constructor arguments that only select kernels, precision or training behaviour.
+_IGNORED_OFFICIAL_KEYS = {
+    "type",
+    "dtype",
+    "enable_flashattn",
+    "enable_layernorm_kernel",
+    "enable_sequence_parallelism",
+    "from_pretrained",
+    "freeze",
+    "from_scratch",
+    "drop_path",
+    "no_temporal_pos_emb",
+    "kv_cache_dequeue",
+    "kv_cache_max_seqlen",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every number the CausalSTDiT architecture depends on.
+
+    `latent_size` is the (H, W) of the VAE latent; tokens per frame S = (H/2)·(W/2) with patch (1, 2, 2).
+    `pe_frames` is N of `prev_frames_N` (1 for `first_frame`, 0 when prefix-enhanced attention is off).
+    """
+
+    latent_size: tuple[int, int] = (32, 32)
+    in_channels: int = 4
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    pred_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    caption_channels: int = 4096  # 0: no text conditioning (no y_embedder, no cross-attention)
+    model_max_length: int = 120
+    space_scale: float = 1.0
+    time_scale: float = 1.0
+    max_tpe_len: int = 33  # M: rows of the temporal position table
+    tpe_mode: str = "cyclic"
+    mask_channel: bool = False  # official temp_extra_in_channels == 1
+    mask_channel_all_blocks: bool = False  # official temp_extra_in_all_block
+    pe_mode: str = "prev_frames"
+    pe_frames: int = 3
+    temporal_attention: str = "causal"  # causal | full | partial
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------- derived sizes
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.pred_sigma else self.in_channels
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.latent_size[0] // self.patch_size[1], self.latent_size[1] // self.patch_size[2]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def has_text(self) -> bool:
+        return self.caption_channels > 0
+
+    @property
+    def has_pe(self) -> bool:
+        return self.pe_mode != "off"
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first inconsistent value."""
+        if self.tpe_mode not in TPE_MODES:
+            raise ConfigError(f"tpe_mode={self.tpe_mode!r} is not one of {TPE_MODES}")
+        if self.pe_mode not in PE_MODES:
+            raise ConfigError(f"pe_mode={self.pe_mode!r} is not one of {PE_MODES}")
+        if self.temporal_attention not in ("causal", "full", "partial"):
+            raise ConfigError(
+                f"temporal_attention={self.temporal_attention!r} is not one of causal, full, partial"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.tpe_mode == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rope needs an even head dim, got {self.head_dim}")
+        if self.patch_size[0] != 1:
+            raise ConfigError(f"temporal patch size must be 1 (frame-causal model), got {self.patch_size[0]}")
+        h, w = self.latent_size
+        if h % self.patch_size[1] or w % self.patch_size[2]:
+            raise ConfigError(f"latent size {h}x{w} is not divisible by the patch size {self.patch_size[1:]}")
+        if self.hidden_size % 4:
+            raise ConfigError(f"hidden_size {self.hidden_size} must be a multiple of 4 (2-D sin-cos table)")
+        if self.has_pe and self.pe_frames < 1:
+            raise ConfigError(f"pe_frames must be >= 1 when pe_mode={self.pe_mode!r}")
+        if self.pe_mode == "first_frame" and self.pe_frames != 1:
+            raise ConfigError("pe_mode='first_frame' uses exactly one context frame (pe_frames=1)")
+        if self.max_tpe_len < 1:
+            raise ConfigError(f"max_tpe_len must be >= 1, got {self.max_tpe_len}")
+
+    # ---------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        d["latent_size"] = list(self.latent_size)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
+        kw = dict(d)
+        for key in ("latent_size", "patch_size"):
+            if key in kw:
+                kw[key] = tuple(int(v) for v in kw[key])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------------- official mapping
+    @classmethod
+    def from_official(cls, kwargs: dict[str, Any]) -> ModelConfig:
+        """Build from the official `CausalSTDiT2(...)` constructor kwargs (or an mmengine model dict).
+
+        Accepts `type="CausalSTDiT2-XL/2"` (or Base/Tiny) for depth/width, the legacy aliases
+        `temporal_max_len` and `cross_frame_attn="prev_prefix_N"`, and ignores kernel/precision switches.
+        """
+        kw = dict(kwargs)
+        out: dict[str, Any] = {}
+        variant = kw.get("type")
+        if variant is not None:
+            if variant not in OFFICIAL_VARIANTS:
+                raise ConfigError(f"unknown official model type {variant!r}; known: {sorted(OFFICIAL_VARIANTS)}")
+            out["depth"], out["hidden_size"], out["num_heads"] = OFFICIAL_VARIANTS[variant]
+        if "temporal_max_len" in kw:
+            kw.setdefault("max_tpe_len", kw.pop("temporal_max_len"))
+        if "cross_frame_attn" in kw:
+            legacy = kw.pop("cross_frame_attn")
+            if isinstance(legacy, str):
+                legacy = legacy.replace("prev_prefix_", "prev_frames_")
+            kw.setdefault("spatial_attn_enhance", legacy)
+
+        simple = {
+            "in_channels": "in_channels",
+            "hidden_size": "hidden_size",
+            "depth": "depth",
+            "num_heads": "num_heads",
+            "mlp_ratio": "mlp_ratio",
+            "pred_sigma": "pred_sigma",
+            "class_dropout_prob": "class_dropout_prob",
+            "caption_channels": "caption_channels",
+            "model_max_length": "model_max_length",
+            "space_scale": "space_scale",
+            "time_scale": "time_scale",
+            "max_tpe_len": "max_tpe_len",
+            "temp_extra_in_all_block": "mask_channel_all_blocks",
+        }
+        for src, dst in simple.items():
+            if src in kw:
+                out[dst] = kw.pop(src)
+        if "input_size" in kw:
+            size = kw.pop("input_size")
+            out["latent_size"] = (int(size[-2]), int(size[-1]))
+        if "patch_size" in kw:
+            out["patch_size"] = tuple(int(p) for p in kw.pop("patch_size"))
+        if "relative_tpe_mode" in kw:
+            mode = kw.pop("relative_tpe_mode")
+            mode = "fixed" if mode is None else mode
+            if mode not in TPE_MODES:
+                raise ConfigError(f"relative_tpe_mode={mode!r} is not supported; use None, 'cyclic' or 'rope'")
+            out["tpe_mode"] = mode
+        else:
+            out["tpe_mode"] = "fixed"  # official default (None)
+        extra_in = int(kw.pop("temp_extra_in_channels", 0))
+        if extra_in not in (0, 1):
+            raise ConfigError(f"temp_extra_in_channels={extra_in} is not supported (0 or 1)")
+        out["mask_channel"] = extra_in == 1
+        enhance = kw.pop("spatial_attn_enhance", None)
+        out["pe_mode"], out["pe_frames"] = _parse_spatial_enhance(enhance)
+        causal = kw.pop("is_causal", True)
+        out["temporal_attention"] = {True: "causal", False: "full", "partial": "partial"}.get(causal, "?")
+        if out["temporal_attention"] == "?":
+            raise ConfigError(f"is_causal={causal!r} is not one of True, False, 'partial'")
+        if not out.get("caption_channels", 4096):
+            out["caption_channels"] = 0
+
+        unknown = sorted(k for k in kw if k not in _IGNORED_OFFICIAL_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown CausalSTDiT2 arguments {unknown}")
+        return cls(**out)
+
+
+def _parse_spatial_enhance(value: Any) -> tuple[str, int]:
+    if value is None or value is False:
+        return "off", 0
+    if value == "first_frame":
+        return "first_frame", 1
+    match = re.fullmatch(r"prev_frames_(\d+)", str(value))
+    if not match:
+        raise ConfigError(f"spatial_attn_enhance={value!r} is not None, 'first_frame' or 'prev_frames_N'")
+    return "prev_frames", int(match.group(1))

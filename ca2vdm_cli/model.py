@@ -1,0 +1,318 @@
+"""CausalSTDiT: the Ca2-VDM spatial-temporal diffusion transformer (official name `CausalSTDiT2`).
+
+Three entry points, all on the same parameters:
+
+* `forward`: every frame in one sequence, per-frame timesteps, causal temporal attention (training,
+  the no-cache baseline, the test oracle);
+* `denoise`: a noisy chunk against a `KVCache`, which it only reads (every denoising step);
+* `write_cache`: a clean chunk at t = 0 whose keys/values are appended to the cache (once per AR step).
+
+State-dict keys and shapes are those of the official checkpoint (spec §6).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ca2vdm_cli.block import CachedSpatial, CachedTemporal, CausalSTDiTBlock, FrameInputs, FullSpatial, FullTemporal
+from ca2vdm_cli.cache import KVCache
+from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.layers import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, sincos_1d, sincos_2d
+
+logger = logging.getLogger(__name__)
+
+# Deterministic tables: regenerated from the config instead of trusted from a checkpoint.
+REGENERATED_BUFFERS = ("pos_embed", "pos_embed_temporal")
+
+
+class CausalSTDiT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.hidden_size
+        self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, C)
+        self.t_embedder = TimestepEmbedder(C)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        self.y_embedder = (
+            CaptionEmbedder(config.caption_channels, C, config.model_max_length) if config.has_text else None
+        )
+        self.blocks = nn.ModuleList(CausalSTDiTBlock(config, i) for i in range(config.depth))
+        self.final_layer = FinalLayer(C, math.prod(config.patch_size), config.out_channels)
+        pos, tpe = self._position_tables(torch.device("cpu"), torch.float32)
+        self.register_buffer("pos_embed", pos)
+        self.register_buffer("pos_embed_temporal", tpe)
+        self.register_buffer("bov_token", torch.randn(config.in_channels, *config.latent_size) / 2)  # unused
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ construction
+    def _position_tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        pos = sincos_2d(cfg.hidden_size, *cfg.grid_size, scale=cfg.space_scale)  # (S, C)
+        tpe = sincos_1d(cfg.hidden_size, torch.arange(cfg.max_tpe_len, dtype=torch.float32) / cfg.time_scale)
+        return pos[None].to(device, dtype), tpe[None].to(device, dtype)  # (1, S, C), (1, M, C)
+
+    def initialize_weights(self) -> None:
+        """The official construction-time init (spec §1.6): new temporal/PE branches start as no-ops."""
+
+        def xavier(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(xavier)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
+            nn.init.normal_(linear.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
+            nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
+        zero = [self.final_layer.linear]
+        for block in self.blocks:
+            zero.append(block.attn_temp.proj)
+            if block.cross_attn is not None:
+                zero.append(block.cross_attn.proj)
+            if block.attn_cf is not None:
+                zero.append(block.attn_cf.proj)
+            if block.attn_temp_pre_merge is not None:
+                merge = block.attn_temp_pre_merge
+                with torch.no_grad():
+                    merge.weight.zero_()
+                    merge.weight[:, : self.config.hidden_size].copy_(torch.eye(self.config.hidden_size))
+                    merge.bias.zero_()
+        for linear in zero:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _check_latents(self, x: Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"latents must be (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != tuple(self.config.latent_size):
+            raise ValueError(
+                f"latent size {tuple(x.shape[-2:])} does not match the model's {tuple(self.config.latent_size)}"
+            )
+
+    def _embed_frames(self, x: Tensor) -> Tensor:
+        x = x.to(self.x_embedder.proj.weight.dtype)
+        return self.x_embedder(x) + self.pos_embed[:, None]  # (B, T, S, C)
+
+    def _timesteps(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """t (B,) or (B, T) -> t_emb (B, T', C) and t_mlp (B, T', 6C)."""
+        t = t[:, None] if t.dim() == 1 else t
+        t_emb = self.t_embedder(t)  # (B, T', C)
+        return t_emb, self.t_block(t_emb)
+
+    def _text(self, y: Tensor | None, y_mask: Tensor | None, batch: int) -> tuple[Tensor | None, Tensor | None]:
+        if self.y_embedder is None:
+            if y is not None:
+                raise ValueError("this model has no text conditioning (caption_channels=0); pass y=None")
+            return None, None
+        if y is None:
+            y = self.null_caption(batch)
+        if y.dim() == 4:  # official layout (B, 1, N, C_text)
+            y = y.squeeze(1)
+        if y.shape[0] != batch:
+            raise ValueError(f"y has batch {y.shape[0]}, latents have {batch}")
+        mask = None if y_mask is None else y_mask.to(device=y.device, dtype=torch.bool)
+        return self.y_embedder(y), mask  # (B, N, C), (B, N)
+
+    def _tpe(self, start: int, length: int) -> Tensor | None:
+        """Temporal position rows (length, C) for frames start..start+length-1 (spec §2)."""
+        cfg = self.config
+        if cfg.tpe_mode == "rope":
+            return None
+        if cfg.tpe_mode == "fixed":
+            if start + length > cfg.max_tpe_len:
+                raise ConfigError(
+                    f"fixed temporal positions cover {cfg.max_tpe_len} frames, but frames up to "
+                    f"{start + length - 1} were asked for; use a model with tpe_mode='cyclic'"
+                )
+            return self.pos_embed_temporal[0, start : start + length]
+        rows = (start + torch.arange(length, device=self.pos_embed_temporal.device)) % cfg.max_tpe_len
+        return self.pos_embed_temporal[0, rows]
+
+    def _unpatchify(self, x: Tensor) -> Tensor:
+        """(B, T, S, p_h·p_w·c_out) -> (B, c_out, T, H, W) in float32."""
+        B, T = x.shape[:2]
+        (gh, gw), (_, ph, pw) = self.config.grid_size, self.config.patch_size
+        c = self.config.out_channels
+        x = x.view(B, T, gh, gw, ph, pw, c).permute(0, 6, 1, 2, 4, 3, 5)  # (B, c, T, gh, ph, gw, pw)
+        return x.reshape(B, c, T, gh * ph, gw * pw).float()
+
+    def null_caption(self, batch: int) -> Tensor:
+        """The null caption (B, N, C_text) used for classifier-free guidance."""
+        if self.y_embedder is None:
+            raise ValueError("this model has no text conditioning")
+        return self.y_embedder.y_embedding[None].expand(batch, -1, -1)
+
+    # ------------------------------------------------------------------ full-sequence forward
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        y_mask: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
+        tpe_start: int = 0,
+        temporal_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Every frame in one sequence. x (B, c, T, H, W); t (B,) or per-frame (B, T); prefix_mask (B, T)
+        is 1 on a leading run of clean frames; `temporal_mask` (T, T) bool replaces the causal mask
+        (the tests use it for the block-sliding-window oracle). Returns (B, c_out, T, H, W) float32."""
+        self._check_latents(x)
+        B, _, T = x.shape[:3]
+        device = x.device
+        if prefix_mask is None:
+            prefix_mask = torch.zeros(B, T, device=device)
+        prefix = prefix_mask.to(device=device, dtype=torch.bool)
+        num_prefix = prefix.sum(1)  # (B,)
+        if not torch.equal(prefix, torch.arange(T, device=device)[None] < num_prefix[:, None]):
+            raise ValueError("prefix_mask must mark a leading run of frames (clean prefix first)")
+
+        tokens = self._embed_frames(x)  # (B, T, S, C)
+        t_emb, t_mlp = self._timesteps(t.to(device))
+        text, text_mask = self._text(y, y_mask, B)
+        frames = FrameInputs(self._tpe(tpe_start, T), prefix.float(), text, text_mask)
+        temporal = self._full_temporal(prefix, temporal_mask)
+        spatial = self._full_spatial(num_prefix, T) if self.config.has_pe else None
+        for block in self.blocks:
+            tokens = block(tokens, t_mlp, frames, temporal, spatial)
+        return self._unpatchify(self.final_layer(tokens, t_emb))
+
+    def _full_temporal(self, prefix: Tensor, temporal_mask: Tensor | None) -> FullTemporal:
+        rope = self.config.tpe_mode == "rope"
+        mode = self.config.temporal_attention
+        if temporal_mask is not None:
+            return FullTemporal(causal=False, mask=temporal_mask.to(prefix.device, torch.bool), rope=rope)
+        if mode != "partial":
+            return FullTemporal(causal=mode == "causal", mask=None, rope=rope)
+        # partial: prefix rows causal, noisy rows see every frame (spec §1.4, ablation)
+        B, T = prefix.shape
+        causal = torch.ones(T, T, dtype=torch.bool, device=prefix.device).tril()
+        mask = causal[None] | ~prefix[:, :, None]  # (B, T, T)
+        S = self.config.tokens_per_frame
+        return FullTemporal(causal=False, mask=mask[:, None].expand(B, S, T, T).reshape(B * S, 1, T, T), rope=rope)
+
+    def _full_spatial(self, num_prefix: Tensor, T: int) -> FullSpatial:
+        """Context frames per frame (spec §1.4c): prefix frames see themselves (prev_frames_N) or frame 0
+        (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; nothing when P = 0."""
+        N = self.config.pe_frames
+        frame = torch.arange(T, device=num_prefix.device)
+        if self.config.pe_mode == "first_frame":
+            index = torch.zeros(num_prefix.shape[0], T, 1, dtype=torch.long, device=frame.device)
+        else:
+            prev = (num_prefix[:, None] - 1 - torch.arange(N, device=frame.device)[None]).clamp(min=0)  # (B, N)
+            own = frame[None, :, None].expand(num_prefix.shape[0], T, N)
+            is_prefix = frame[None, :, None] < num_prefix[:, None, None]
+            index = torch.where(is_prefix, own, prev[:, None, :].expand_as(own))  # (B, T, N)
+        valid = (num_prefix > 0)[:, None].expand(-1, T)
+        return FullSpatial(index, None if bool(valid.all()) else valid)
+
+    # ------------------------------------------------------------------ cached inference
+    def new_cache(self, batch_size: int, max_frames: int) -> KVCache:
+        """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) holding at most `max_frames` frames."""
+        cfg = self.config
+        param = self.x_embedder.proj.weight
+        return KVCache(
+            depth=cfg.depth,
+            batch_size=batch_size,
+            max_frames=max_frames,
+            tokens_per_frame=cfg.tokens_per_frame,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            pe_frames=cfg.pe_frames if cfg.has_pe else 0,
+            pe_mode=cfg.pe_mode,
+            device=param.device,
+            dtype=param.dtype,
+        )
+
+    def _cached_pass(self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None,
+                     write: bool) -> Tensor | None:
+        self._check_latents(x)
+        B, _, T = x.shape[:3]
+        if cache.batch_size != B:
+            raise ValueError(f"cache was made for batch {cache.batch_size}, latents have batch {B}")
+        tokens = self._embed_frames(x)  # (B, T, S, C)
+        t_emb, t_mlp = self._timesteps(t.to(x.device))  # (B, 1, C), (B, 1, 6C)
+        text, text_mask = self._text(y, y_mask, B)
+        mask_feat = torch.full((B, T), float(write), device=x.device)
+        frames = FrameInputs(self._tpe(cache.frames_written, T), mask_feat, text, text_mask)
+        # partial attention: the denoised chunk sees all of itself; written (clean) frames stay causal
+        causal_chunk = write or self.config.temporal_attention == "causal"
+        temporal = CachedTemporal(cache, write=write, causal_chunk=causal_chunk, rope=self.config.tpe_mode == "rope")
+        spatial = CachedSpatial(cache, write=write) if self.config.has_pe else None
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, t_mlp, frames, temporal, spatial, kv_only=write and i == last)
+        if write:
+            cache.advance(T)
+            return None
+        return self._unpatchify(self.final_layer(tokens, t_emb))
+
+    def denoise(self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None = None,
+                y_mask: Tensor | None = None) -> Tensor:
+        """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the
+        cached clean frames. The cache is not modified. Returns (B, c_out, l, H, W) float32."""
+        if t.dim() != 1:
+            raise ValueError(f"denoise takes one timestep per sample, t of shape (B,), got {tuple(t.shape)}")
+        out = self._cached_pass(cache, x, t, y, y_mask, write=False)
+        assert out is not None
+        return out
+
+    def write_cache(self, cache: KVCache, clean: Tensor, y: Tensor | None = None,
+                    y_mask: Tensor | None = None) -> None:
+        """Run clean frames (B, c, n, H, W) at t = 0 with mask channel 1 and append their K|V (evicting the
+        oldest frames when full); updates the prefix-enhanced spatial context."""
+        t = torch.zeros(clean.shape[0], device=clean.device)
+        self._cached_pass(cache, clean, t, y, y_mask, write=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_official_state_dict(self, state_dict: dict[str, Tensor], assign: bool = False) -> None:
+        """Load a state dict with the official key names. Every parameter and `bov_token` must be present
+        with its exact shape; the position tables are regenerated (spec §6). Raises WeightsError."""
+        sd = {k: v for k, v in state_dict.items() if k not in REGENERATED_BUFFERS}
+        expected = {k: v.shape for k, v in self.state_dict().items() if k not in REGENERATED_BUFFERS}
+        missing = sorted(set(expected) - set(sd))
+        unexpected = sorted(set(sd) - set(expected))
+        wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            raise WeightsError(describe_key_mismatch(missing, unexpected, wrong, sd, expected))
+        ref = sd["x_embedder.proj.weight"]
+        device = ref.device if ref.device.type != "meta" else torch.device("cpu")
+        pos, tpe = self._position_tables(device, ref.dtype if ref.is_floating_point() else torch.float32)
+        sd["pos_embed"], sd["pos_embed_temporal"] = pos, tpe
+        self.load_state_dict(sd, strict=True, assign=assign)
+
+
+def describe_key_mismatch(missing: list[str], unexpected: list[str], wrong: list[str],
+                          got: dict[str, Tensor], expected: dict[str, torch.Size]) -> str:
+    """One message listing (first 10 of) missing, unexpected and wrongly shaped keys, with a likely cause."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:10])}")
+    if wrong:
+        shapes = [f"{k} {tuple(got[k].shape)} != {tuple(expected[k])}" for k in wrong[:10]]
+        parts.append(f"{len(wrong)} keys with wrong shapes: {', '.join(shapes)}")
+    keys = missing + unexpected
+    if any("attn_cf" in k for k in keys):
+        hint = "the checkpoint and the architecture disagree on prefix-enhanced attention (spatial_attn_enhance)"
+    elif any("cross_attn" in k or "y_embedder" in k for k in keys):
+        hint = "the checkpoint and the architecture disagree on text conditioning (caption_channels)"
+    elif any("attn_temp_pre_merge" in k for k in keys):
+        hint = "the checkpoint and the architecture disagree on the mask channel (temp_extra_in_channels)"
+    elif any(k.startswith("blocks.") for k in keys):
+        hint = "the checkpoint has a different depth than the chosen architecture"
+    elif wrong:
+        hint = "the checkpoint has a different width or resolution than the chosen architecture"
+    else:
+        hint = "this is not a CausalSTDiT checkpoint"
+    return "checkpoint does not fit the architecture: " + "; ".join(parts) + f" (likely cause: {hint})"
