@@ -14,55 +14,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.config import SamplingConfig
 from ca2vdm_cli.diffusion import Diffusion, guide
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.model import CausalSTDiT
 
 ENGINES = ("cache", "recompute", "recompute-full")
-SAMPLERS = ("iddpm", "ddim")
 
 StepCallback = Callable[[int, int, int], None]  # (chunk index, finished step, total steps)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    steps: int = 100
-    sampler: str = "iddpm"
-    ddim_eta: float = 0.0
-    chunk: int = 8  # l: frames generated per AR step
-    cache_frames: int = 25  # L_max: clean frames kept in the queue
-    cfg_scale: float = 1.0
-    prefix_perturb_t: int = 50  # noise level (of 1000) of what is written to the cache; 0 = off
-
-    def validate(self, model: ModelConfig) -> None:
-        """Raise ConfigError naming the bad value and the bound it breaks."""
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
-        if self.sampler == "iddpm" and not 2 <= self.steps <= 1000:
-            raise ConfigError(f"steps={self.steps}: the iddpm sampler needs 2..1000 steps")
-        if self.sampler == "ddim" and not 1 <= self.steps <= 1000:
-            raise ConfigError(f"steps={self.steps}: the ddim sampler needs 1..1000 steps")
-        if self.chunk < 1:
-            raise ConfigError(f"chunk={self.chunk} must be >= 1")
-        if self.cache_frames < 1:
-            raise ConfigError(f"cache_frames={self.cache_frames} must be >= 1")
-        if model.tpe_mode != "fixed" and self.cache_frames + self.chunk > model.max_tpe_len:
-            raise ConfigError(
-                f"cache_frames + chunk = {self.cache_frames} + {self.chunk} exceeds the model's "
-                f"{model.max_tpe_len} temporal positions; use cache_frames <= {model.max_tpe_len - self.chunk}"
-            )
-        if not 0 <= self.prefix_perturb_t < 1000:
-            raise ConfigError(f"prefix_perturb_t={self.prefix_perturb_t} must be in 0..999")
-        if self.cfg_scale != 1.0 and not model.has_text:
-            raise ConfigError(f"cfg_scale={self.cfg_scale} needs a text-conditioned model; use cfg_scale=1")
-        if self.ddim_eta < 0:
-            raise ConfigError(f"ddim_eta={self.ddim_eta} must be >= 0")
 
 
 # ----------------------------------------------------------------------------- noise
@@ -150,7 +113,7 @@ def sample_video(
     prefix: Tensor | None = None,
     y: Tensor | None = None,
     y_mask: Tensor | None = None,
-    engine: str = "cache",
+    engine: str | CacheEngine | RecomputeEngine = "cache",
     replay: Sequence[Tensor] = (),
     on_step: StepCallback | None = None,
 ) -> Iterator[Tensor]:
@@ -159,14 +122,15 @@ def sample_video(
 
     `y` (B, N, C_text) / `y_mask` (B, N) is the caption (None: unconditional / null caption). `replay`
     holds chunks generated earlier (a resumed render): they are written to the cache exactly as they were
-    the first time, not yielded. One seed per sample."""
+    the first time, not yielded. One seed per sample. `engine` is a name from ENGINES or an engine made
+    by `make_engine` (with 2B rows under CFG), which lets a caller inspect its cache."""
     cfg = model.config
     config.validate(cfg)
     B = len(seeds)
     if prefix is not None and prefix.shape[0] != B:
         raise ConfigError(f"prefix has batch {prefix.shape[0]} but {B} seeds were given")
-    if prefix is None and num_frames < 1:
-        raise ConfigError("nothing to generate: no prefix and num_frames < 1")
+    if num_frames < 1:
+        raise ConfigError(f"num_frames={num_frames}: at least one new frame must be generated")
     device = next(model.parameters()).device
     num_prefix = 0 if prefix is None else prefix.shape[2]
     if cfg.tpe_mode == "fixed" and num_prefix + num_frames > cfg.max_tpe_len and engine == "cache":
@@ -178,7 +142,7 @@ def sample_video(
     use_cfg = config.cfg_scale != 1.0
     rows = 2 * B if use_cfg else B
     y_rows, mask_rows = _text_rows(model, y, y_mask, B, use_cfg, device)
-    runner = make_engine(engine, model, rows, config.cache_frames)
+    runner = make_engine(engine, model, rows, config.cache_frames) if isinstance(engine, str) else engine
     latent_shape = (cfg.in_channels, *cfg.latent_size)
 
     def to_rows(z: Tensor) -> Tensor:
@@ -195,20 +159,34 @@ def sample_video(
     lengths = chunk_lengths(num_frames, config.chunk)
     replay = list(replay)
     if len(replay) > len(lengths) or any(r.shape[2] != n for r, n in zip(replay, lengths, strict=False)):
-        raise ConfigError("replayed chunks do not match this run's chunk lengths (different --chunk or --frames?)")
+        raise ConfigError(
+            "replayed chunks do not match this run's chunk lengths (different --chunk or --frames?)"
+        )
     for k, length in enumerate(lengths):
         if k < len(replay):
             z = replay[k].to(device, torch.float32)
         else:
-            z = _denoise_chunk(runner, diffusion, config, seeds, k, (latent_shape[0], length, *latent_shape[1:]),
-                               to_rows, y_rows, mask_rows, device, on_step)
+            z = _denoise_chunk(
+                runner,
+                diffusion,
+                config,
+                seeds,
+                k,
+                (latent_shape[0], length, *latent_shape[1:]),
+                to_rows,
+                y_rows,
+                mask_rows,
+                device,
+                on_step,
+            )
             yield z
         if k + 1 < len(lengths):
             add_clean(z, k + 1)
 
 
-def _text_rows(model: CausalSTDiT, y: Tensor | None, y_mask: Tensor | None, B: int, use_cfg: bool,
-               device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+def _text_rows(
+    model: CausalSTDiT, y: Tensor | None, y_mask: Tensor | None, B: int, use_cfg: bool, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
     """Caption rows for the model batch: [null; cond] with CFG (the null caption keeps the cond mask)."""
     if not model.config.has_text:
         if y is not None:
@@ -224,10 +202,19 @@ def _text_rows(model: CausalSTDiT, y: Tensor | None, y_mask: Tensor | None, B: i
     return torch.cat([null, y]), None if mask is None else torch.cat([mask, mask])
 
 
-def _denoise_chunk(runner: CacheEngine | RecomputeEngine, diffusion: Diffusion, config: SamplingConfig,
-                   seeds: Sequence[int], k: int, shape: tuple[int, ...], to_rows: Callable[[Tensor], Tensor],
-                   y: Tensor | None, y_mask: Tensor | None, device: torch.device,
-                   on_step: StepCallback | None) -> Tensor:
+def _denoise_chunk(
+    runner: CacheEngine | RecomputeEngine,
+    diffusion: Diffusion,
+    config: SamplingConfig,
+    seeds: Sequence[int],
+    k: int,
+    shape: tuple[int, ...],
+    to_rows: Callable[[Tensor], Tensor],
+    y: Tensor | None,
+    y_mask: Tensor | None,
+    device: torch.device,
+    on_step: StepCallback | None,
+) -> Tensor:
     """Run every denoising step of chunk k; returns the clean chunk (B, c, l, H, W) float32."""
     B, N = len(seeds), diffusion.num_steps
     x = seeded_noise(seeds, "init", k, shape).to(device)  # (B, c, l, H, W)

@@ -1,5 +1,5 @@
-"""Architecture configuration of CausalSTDiT: a plain dataclass, plus the mapping from the official
-`CausalSTDiT2` constructor arguments (spec §1.1). Pure Python: importing this never imports torch."""
+"""Configuration dataclasses: the CausalSTDiT architecture (`ModelConfig`, with the mapping from the official
+`CausalSTDiT2` constructor arguments, spec §1.1) and sampling (`SamplingConfig`). Pure Python: no torch."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from ca2vdm_cli.errors import ConfigError
 
 TPE_MODES = ("fixed", "cyclic", "rope")
+SAMPLERS = ("iddpm", "ddim")
 PE_MODES = ("off", "first_frame", "prev_frames")
 
 # Official registry names → (depth, hidden size, heads); all use patch (1, 2, 2) and mlp_ratio 4.
@@ -107,7 +108,9 @@ class ModelConfig:
                 f"temporal_attention={self.temporal_attention!r} is not one of causal, full, partial"
             )
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
         if self.tpe_mode == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head dim, got {self.head_dim}")
         if self.patch_size[0] != 1:
@@ -160,7 +163,9 @@ class ModelConfig:
         variant = kw.get("type")
         if variant is not None:
             if variant not in OFFICIAL_VARIANTS:
-                raise ConfigError(f"unknown official model type {variant!r}; known: {sorted(OFFICIAL_VARIANTS)}")
+                raise ConfigError(
+                    f"unknown official model type {variant!r}; known: {sorted(OFFICIAL_VARIANTS)}"
+                )
             out["depth"], out["hidden_size"], out["num_heads"] = OFFICIAL_VARIANTS[variant]
         if "temporal_max_len" in kw:
             kw.setdefault("max_tpe_len", kw.pop("temporal_max_len"))
@@ -197,7 +202,9 @@ class ModelConfig:
             mode = kw.pop("relative_tpe_mode")
             mode = "fixed" if mode is None else mode
             if mode not in TPE_MODES:
-                raise ConfigError(f"relative_tpe_mode={mode!r} is not supported; use None, 'cyclic' or 'rope'")
+                raise ConfigError(
+                    f"relative_tpe_mode={mode!r} is not supported; use None, 'cyclic' or 'rope'"
+                )
             out["tpe_mode"] = mode
         else:
             out["tpe_mode"] = "fixed"  # official default (None)
@@ -229,3 +236,53 @@ def _parse_spatial_enhance(value: Any) -> tuple[str, int]:
     if not match:
         raise ConfigError(f"spatial_attn_enhance={value!r} is not None, 'first_frame' or 'prev_frames_N'")
     return "prev_frames", int(match.group(1))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    steps: int = 100
+    sampler: str = "iddpm"
+    ddim_eta: float = 0.0
+    chunk: int = 8  # l: frames generated per AR step
+    cache_frames: int = 25  # L_max: clean frames kept in the queue
+    cfg_scale: float = 1.0
+    prefix_perturb_t: int = 50  # noise level (of 1000) of what is written to the cache; 0 = off
+
+    def validate(self, model: ModelConfig) -> None:
+        """Raise ConfigError naming the bad value and the bound it breaks."""
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
+        if self.sampler == "iddpm" and not 2 <= self.steps <= 1000:
+            raise ConfigError(f"steps={self.steps}: the iddpm sampler needs 2..1000 steps")
+        if self.sampler == "ddim" and not 1 <= self.steps <= 1000:
+            raise ConfigError(f"steps={self.steps}: the ddim sampler needs 1..1000 steps")
+        if self.chunk < 1:
+            raise ConfigError(f"chunk={self.chunk} must be >= 1")
+        if self.cache_frames < 1:
+            raise ConfigError(f"cache_frames={self.cache_frames} must be >= 1")
+        if model.tpe_mode != "fixed" and self.cache_frames + self.chunk > model.max_tpe_len:
+            raise ConfigError(
+                f"cache_frames + chunk = {self.cache_frames} + {self.chunk} exceeds the model's "
+                f"{model.max_tpe_len} temporal positions; "
+                f"use cache_frames <= {model.max_tpe_len - self.chunk}"
+            )
+        if not 0 <= self.prefix_perturb_t < 1000:
+            raise ConfigError(f"prefix_perturb_t={self.prefix_perturb_t} must be in 0..999")
+        if self.cfg_scale != 1.0 and not model.has_text:
+            raise ConfigError(f"cfg_scale={self.cfg_scale} needs a text-conditioned model; use cfg_scale=1")
+        if self.ddim_eta < 0:
+            raise ConfigError(f"ddim_eta={self.ddim_eta} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SamplingConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown sampling keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)

@@ -20,7 +20,7 @@ def linear_betas(num_train_steps: int = 1000, beta_start: float = 1e-4, beta_end
 
 
 def space_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
-    """IDDPM respacing of one section: num_steps evenly strided original timesteps, rounded (0, 10, 20, …, 999)."""
+    """IDDPM respacing: num_steps evenly strided original timesteps, rounded (0, 10, 20, …, 999)."""
     if not 1 <= num_steps <= num_train_steps:
         raise ConfigError(f"steps must be between 1 and {num_train_steps}, got {num_steps}")
     stride = (num_train_steps - 1) / (num_steps - 1) if num_steps > 1 else 1
@@ -39,8 +39,13 @@ def _as_floats(x: Tensor) -> list[float]:
 class Diffusion:
     """A 1000-step linear-beta DDPM respaced to `num_steps` (timestep_map[i] = original t of step i)."""
 
-    def __init__(self, num_steps: int = 100, num_train_steps: int = 1000, beta_start: float = 1e-4,
-                 beta_end: float = 0.02) -> None:
+    def __init__(
+        self,
+        num_steps: int = 100,
+        num_train_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+    ) -> None:
         self.num_train_steps = num_train_steps
         base_betas = linear_betas(num_train_steps, beta_start, beta_end)
         self.base_alphas_cumprod = torch.cumprod(1 - base_betas, 0)  # (1000,) float64
@@ -55,7 +60,9 @@ class Diffusion:
         ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
         post_var = betas * (1 - ac_prev) / (1 - ac)
         # the t = 0 posterior variance is 0; IDDPM clips its log with the next value
-        post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if len(betas) > 1 else torch.log(betas)
+        post_log_var = (
+            torch.log(torch.cat([post_var[1:2], post_var[1:]])) if len(betas) > 1 else torch.log(betas)
+        )
         self.num_steps = len(betas)
         self.betas = betas
         self.alphas_cumprod, self.alphas_cumprod_prev = ac, ac_prev
@@ -103,7 +110,9 @@ class Diffusion:
             return mean
         return mean + torch.exp(0.5 * log_var) * noise
 
-    def ddim_sample(self, model_out: Tensor, x: Tensor, i: int, noise: Tensor | None, eta: float = 0.0) -> Tensor:
+    def ddim_sample(
+        self, model_out: Tensor, x: Tensor, i: int, noise: Tensor | None, eta: float = 0.0
+    ) -> Tensor:
         """One DDIM step (eta = 0: deterministic)."""
         eps = model_out[:, : x.shape[1]]
         x0 = self.predict_x0(x, eps, i)
@@ -140,8 +149,9 @@ class Diffusion:
         mean, _ = self.q_posterior(x0, x_t, t)
         return mean, log_var
 
-    def training_losses(self, model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor,
-                        frame_mask: Tensor) -> dict[str, Tensor]:
+    def training_losses(
+        self, model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor, frame_mask: Tensor
+    ) -> dict[str, Tensor]:
         """Hybrid loss per sample: masked MSE on ε plus the masked VB term (λ = 1, spec §5.1).
 
         model_out (B, 2c, T, H, W); x0, x_t, noise (B, c, T, H, W); t (B,) training timesteps;
@@ -166,7 +176,9 @@ class Diffusion:
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def _approx_standard_normal_cdf(x: Tensor) -> Tensor:

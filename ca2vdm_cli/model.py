@@ -18,11 +18,25 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ca2vdm_cli.block import CachedSpatial, CachedTemporal, CausalSTDiTBlock, FrameInputs, FullSpatial, FullTemporal
+from ca2vdm_cli.block import (
+    CachedSpatial,
+    CachedTemporal,
+    CausalSTDiTBlock,
+    FrameInputs,
+    FullSpatial,
+    FullTemporal,
+)
 from ca2vdm_cli.cache import KVCache
 from ca2vdm_cli.config import ModelConfig
 from ca2vdm_cli.errors import ConfigError, WeightsError
-from ca2vdm_cli.layers import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, sincos_1d, sincos_2d
+from ca2vdm_cli.layers import (
+    CaptionEmbedder,
+    FinalLayer,
+    PatchEmbed3D,
+    TimestepEmbedder,
+    sincos_1d,
+    sincos_2d,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +57,22 @@ class CausalSTDiT(nn.Module):
         )
         self.blocks = nn.ModuleList(CausalSTDiTBlock(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(C, math.prod(config.patch_size), config.out_channels)
-        pos, tpe = self._position_tables(torch.device("cpu"), torch.float32)
+        pos, tpe = self._position_tables(None, torch.float32)  # on the default device (meta when deferred)
         self.register_buffer("pos_embed", pos)
         self.register_buffer("pos_embed_temporal", tpe)
         self.register_buffer("bov_token", torch.randn(config.in_channels, *config.latent_size) / 2)  # unused
         self.initialize_weights()
 
     # ------------------------------------------------------------------ construction
-    def _position_tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _position_tables(self, device: torch.device | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         cfg = self.config
+        if device is not None:
+            with torch.device("cpu"):
+                pos, tpe = self._position_tables(None, dtype)
+            return pos.to(device), tpe.to(device)
         pos = sincos_2d(cfg.hidden_size, *cfg.grid_size, scale=cfg.space_scale)  # (S, C)
         tpe = sincos_1d(cfg.hidden_size, torch.arange(cfg.max_tpe_len, dtype=torch.float32) / cfg.time_scale)
-        return pos[None].to(device, dtype), tpe[None].to(device, dtype)  # (1, S, C), (1, M, C)
+        return pos[None].to(dtype), tpe[None].to(dtype)  # (1, S, C), (1, M, C)
 
     def initialize_weights(self) -> None:
         """The official construction-time init (spec §1.6): new temporal/PE branches start as no-ops."""
@@ -96,7 +114,8 @@ class CausalSTDiT(nn.Module):
             raise ValueError(f"latents must be (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != tuple(self.config.latent_size):
             raise ValueError(
-                f"latent size {tuple(x.shape[-2:])} does not match the model's {tuple(self.config.latent_size)}"
+                f"latent size {tuple(x.shape[-2:])} does not match the model's "
+                f"{tuple(self.config.latent_size)}"
             )
 
     def _embed_frames(self, x: Tensor) -> Tensor:
@@ -109,7 +128,9 @@ class CausalSTDiT(nn.Module):
         t_emb = self.t_embedder(t)  # (B, T', C)
         return t_emb, self.t_block(t_emb)
 
-    def _text(self, y: Tensor | None, y_mask: Tensor | None, batch: int) -> tuple[Tensor | None, Tensor | None]:
+    def _text(
+        self, y: Tensor | None, y_mask: Tensor | None, batch: int
+    ) -> tuple[Tensor | None, Tensor | None]:
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this model has no text conditioning (caption_channels=0); pass y=None")
@@ -198,7 +219,9 @@ class CausalSTDiT(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=prefix.device).tril()
         mask = causal[None] | ~prefix[:, :, None]  # (B, T, T)
         S = self.config.tokens_per_frame
-        return FullTemporal(causal=False, mask=mask[:, None].expand(B, S, T, T).reshape(B * S, 1, T, T), rope=rope)
+        return FullTemporal(
+            causal=False, mask=mask[:, None].expand(B, S, T, T).reshape(B * S, 1, T, T), rope=rope
+        )
 
     def _full_spatial(self, num_prefix: Tensor, T: int) -> FullSpatial:
         """Context frames per frame (spec §1.4c): prefix frames see themselves (prev_frames_N) or frame 0
@@ -208,7 +231,9 @@ class CausalSTDiT(nn.Module):
         if self.config.pe_mode == "first_frame":
             index = torch.zeros(num_prefix.shape[0], T, 1, dtype=torch.long, device=frame.device)
         else:
-            prev = (num_prefix[:, None] - 1 - torch.arange(N, device=frame.device)[None]).clamp(min=0)  # (B, N)
+            prev = (num_prefix[:, None] - 1 - torch.arange(N, device=frame.device)[None]).clamp(
+                min=0
+            )  # (B, N)
             own = frame[None, :, None].expand(num_prefix.shape[0], T, N)
             is_prefix = frame[None, :, None] < num_prefix[:, None, None]
             index = torch.where(is_prefix, own, prev[:, None, :].expand_as(own))  # (B, T, N)
@@ -233,8 +258,9 @@ class CausalSTDiT(nn.Module):
             dtype=param.dtype,
         )
 
-    def _cached_pass(self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None,
-                     write: bool) -> Tensor | None:
+    def _cached_pass(
+        self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None, write: bool
+    ) -> Tensor | None:
         self._check_latents(x)
         B, _, T = x.shape[:3]
         if cache.batch_size != B:
@@ -246,7 +272,9 @@ class CausalSTDiT(nn.Module):
         frames = FrameInputs(self._tpe(cache.frames_written, T), mask_feat, text, text_mask)
         # partial attention: the denoised chunk sees all of itself; written (clean) frames stay causal
         causal_chunk = write or self.config.temporal_attention == "causal"
-        temporal = CachedTemporal(cache, write=write, causal_chunk=causal_chunk, rope=self.config.tpe_mode == "rope")
+        temporal = CachedTemporal(
+            cache, write=write, causal_chunk=causal_chunk, rope=self.config.tpe_mode == "rope"
+        )
         spatial = CachedSpatial(cache, write=write) if self.config.has_pe else None
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -256,8 +284,9 @@ class CausalSTDiT(nn.Module):
             return None
         return self._unpatchify(self.final_layer(tokens, t_emb))
 
-    def denoise(self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None = None,
-                y_mask: Tensor | None = None) -> Tensor:
+    def denoise(
+        self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None
+    ) -> Tensor:
         """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the
         cached clean frames. The cache is not modified. Returns (B, c_out, l, H, W) float32."""
         if t.dim() != 1:
@@ -266,8 +295,9 @@ class CausalSTDiT(nn.Module):
         assert out is not None
         return out
 
-    def write_cache(self, cache: KVCache, clean: Tensor, y: Tensor | None = None,
-                    y_mask: Tensor | None = None) -> None:
+    def write_cache(
+        self, cache: KVCache, clean: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None
+    ) -> None:
         """Run clean frames (B, c, n, H, W) at t = 0 with mask channel 1 and append their K|V (evicting the
         oldest frames when full); updates the prefix-enhanced spatial context."""
         t = torch.zeros(clean.shape[0], device=clean.device)
@@ -291,8 +321,13 @@ class CausalSTDiT(nn.Module):
         self.load_state_dict(sd, strict=True, assign=assign)
 
 
-def describe_key_mismatch(missing: list[str], unexpected: list[str], wrong: list[str],
-                          got: dict[str, Tensor], expected: dict[str, torch.Size]) -> str:
+def describe_key_mismatch(
+    missing: list[str],
+    unexpected: list[str],
+    wrong: list[str],
+    got: dict[str, Tensor],
+    expected: dict[str, torch.Size],
+) -> str:
     """One message listing (first 10 of) missing, unexpected and wrongly shaped keys, with a likely cause."""
     parts = []
     if missing:
@@ -304,7 +339,9 @@ def describe_key_mismatch(missing: list[str], unexpected: list[str], wrong: list
         parts.append(f"{len(wrong)} keys with wrong shapes: {', '.join(shapes)}")
     keys = missing + unexpected
     if any("attn_cf" in k for k in keys):
-        hint = "the checkpoint and the architecture disagree on prefix-enhanced attention (spatial_attn_enhance)"
+        hint = (
+            "the checkpoint and the architecture disagree on prefix-enhanced attention (spatial_attn_enhance)"
+        )
     elif any("cross_attn" in k or "y_embedder" in k for k in keys):
         hint = "the checkpoint and the architecture disagree on text conditioning (caption_channels)"
     elif any("attn_temp_pre_merge" in k for k in keys):

@@ -39,7 +39,9 @@ def full_reference(model, clean, x, t, y, mask, temporal_mask=None):
     return out[:, :, P:]
 
 
-def run_ar(model, steps, max_frames, timesteps=(999.0, 500.0, 1.0, 0.0), first=1, seed=0, window_oracle=False):
+def run_ar(
+    model, steps, max_frames, timesteps=(999.0, 500.0, 1.0, 0.0), first=1, seed=0, window_oracle=False
+):
     """Write `first` frames, then per AR step compare denoise() with the reference at several t."""
     cfg = model.config
     B = 2
@@ -77,7 +79,9 @@ def test_cached_equals_full_causal_forward_before_eviction(name):
     assert worst <= 1e-5, f"{name}: max |cached - full| = {worst}"
 
 
-@pytest.mark.parametrize("name", ["text+pe+mask+cyclic", "no-text+no-pe+cyclic", "text+rope", "first_frame+mask"])
+@pytest.mark.parametrize(
+    "name", ["text+pe+mask+cyclic", "no-text+no-pe+cyclic", "text+rope", "first_frame+mask"]
+)
 def test_cached_equals_block_sliding_window_forward_after_eviction(name):
     model = tiny_model(**CONFIGS[name])
     worst, cache = run_ar(model, steps=6, max_frames=L_MAX, timesteps=(700.0, 3.0), window_oracle=True)
@@ -86,7 +90,7 @@ def test_cached_equals_block_sliding_window_forward_after_eviction(name):
 
 
 def test_after_eviction_plain_recompute_is_not_the_reference():
-    """Teeth for the oracle above: the plain causal forward over everything differs once frames are evicted."""
+    """Teeth for the oracle above: the plain causal forward differs once frames are evicted."""
     model = tiny_model()
     worst_before, _ = run_ar(model, steps=3, max_frames=L_MAX, timesteps=(500.0,))
     worst_after, _ = run_ar(model, steps=5, max_frames=L_MAX, timesteps=(500.0,))

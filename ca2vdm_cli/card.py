@@ -1,0 +1,143 @@
+"""Model cards and the model-directory layout. Pure Python (no torch), so listing models is instant.
+
+A model directory is what `ca2vdm generate --model DIR` loads, what `ca2vdm train` writes and what
+`weights/sprites/` ships:
+
+    DIR/ca2vdm.json              the card: architecture, sampling defaults, video defaults, VAE/text settings
+    DIR/transformer.safetensors  CausalSTDiT weights under the official CausalSTDiT2 key names
+    DIR/vae/                     diffusers AutoencoderKL.save_pretrained
+    DIR/text_encoder/            transformers T5EncoderModel.save_pretrained (+ tokenizer files, unless the
+                                 card says tokenizer = "byt5": the file-free ByT5Tokenizer)
+
+Downloadable presets (`weights/<name>.json`) use the same card with a `sources` table saying where each
+file comes from (Hub repo, filename, revision, size, sha256, licence).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ca2vdm_cli.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.errors import ConfigError
+
+CARD_FILE = "ca2vdm.json"
+TRANSFORMER_FILE = "transformer.safetensors"
+VAE_DIR = "vae"
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZERS = ("byt5", "files")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to build and run a model, except the weights themselves."""
+
+    name: str
+    model: ModelConfig
+    sampling: SamplingConfig
+    fps: int = 8
+    height: int = 256  # output frame size in pixels
+    width: int = 256
+    vae_scaling_factor: float = 0.18215
+    vae_downsample: int = 8  # pixels per latent pixel
+    text_max_length: int = 120  # caption tokens
+    tokenizer: str = "files"  # "byt5": file-free ByT5Tokenizer; "files": tokenizer saved in text_encoder/
+    text_to_video: bool = False  # can start without a first image (trained with an empty prefix)
+    description: str = ""
+    intended_use: str = ""
+    license: str = ""
+    sources: dict[str, Any] = field(default_factory=dict)  # downloadable presets: where each part comes from
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"card {self.name!r}: tokenizer {self.tokenizer!r} is not one of {TOKENIZERS}")
+        lat = (self.height // self.vae_downsample, self.width // self.vae_downsample)
+        if lat != tuple(self.model.latent_size) or self.height % self.vae_downsample:
+            raise ConfigError(
+                f"card {self.name!r}: {self.height}x{self.width} pixels with VAE factor "
+                f"{self.vae_downsample} gives latents {lat}, but the model expects "
+                f"{tuple(self.model.latent_size)}"
+            )
+        if self.model.has_text and self.text_max_length != self.model.model_max_length:
+            raise ConfigError(
+                f"card {self.name!r}: text_max_length {self.text_max_length} != model_max_length "
+                f"{self.model.model_max_length}"
+            )
+        self.sampling.validate(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "intended_use": self.intended_use,
+            "license": self.license,
+            "model": self.model.to_dict(),
+            "sampling": self.sampling.to_dict(),
+            "video": {"fps": self.fps, "height": self.height, "width": self.width},
+            "vae": {"scaling_factor": self.vae_scaling_factor, "downsample": self.vae_downsample},
+            "text": {"max_length": self.text_max_length, "tokenizer": self.tokenizer},
+            "text_to_video": self.text_to_video,
+            "sources": self.sources,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        known = {
+            "name",
+            "description",
+            "intended_use",
+            "license",
+            "model",
+            "sampling",
+            "video",
+            "vae",
+            "text",
+            "text_to_video",
+            "sources",
+        }
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model card keys {unknown}; valid keys: {sorted(known)}")
+        if "name" not in d or "model" not in d:
+            raise ConfigError("a model card needs at least 'name' and 'model'")
+        video, vae, text = d.get("video", {}), d.get("vae", {}), d.get("text", {})
+        return cls(
+            name=d["name"],
+            model=ModelConfig.from_dict(d["model"]),
+            sampling=SamplingConfig.from_dict(d.get("sampling", {})),
+            fps=int(video.get("fps", 8)),
+            height=int(video.get("height", 256)),
+            width=int(video.get("width", 256)),
+            vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
+            vae_downsample=int(vae.get("downsample", 8)),
+            text_max_length=int(text.get("max_length", 120)),
+            tokenizer=text.get("tokenizer", "files"),
+            text_to_video=bool(d.get("text_to_video", False)),
+            description=d.get("description", ""),
+            intended_use=d.get("intended_use", ""),
+            license=d.get("license", ""),
+            sources=d.get("sources", {}),
+        )
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read a card from a model directory or a card file; ConfigError if missing or malformed."""
+    path = Path(path)
+    file = path / CARD_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no model card at {file}; a model directory needs {CARD_FILE}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read model card {file}: {exc}") from None
+    return ModelCard.from_dict(data)
+
+
+def write_card(directory: str | Path, card: ModelCard) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    file = directory / CARD_FILE
+    file.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return file
