@@ -1,10 +1,10 @@
 """Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically,
 and shard them across ranks. Pure Python (no torch).
 
-Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`, `frames`, `seed`, `out`,
-`steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`, `fps`); blank lines and
-`#` comments are skipped. A line that cannot be used becomes an item carrying its error, so the batch
-reports it and goes on.
+Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`,
+`frames`, `seed`, `out`, `steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`,
+`fps`); blank lines and `#` comments are skipped. A line that cannot be used becomes an item carrying
+its error, so the batch reports it and goes on.
 """
 
 from __future__ import annotations
