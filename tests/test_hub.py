@@ -293,6 +293,19 @@ def test_a_truncated_cached_blob_is_detected_and_fetched_again(world):
     assert (model_directory(home) / "transformer.safetensors").read_bytes() == BLOBS["transformer"]
 
 
+def test_revision_override_uses_the_hub_checksum_and_its_own_directory(world):
+    hub, card, home = world
+    out = download(card, home, hub.url, "--revision", "main")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == str(home / "cache" / "models" / "fake-model" / "main")
+    assert "pinned sha256s do not apply" in out.stderr
+    hub.faults["ca2vdm-transformer.safetensors"] = "corrupt"  # still caught, by the Hub's sha256
+    (home / "cache" / "models").rename(home / "old-models")
+    for blob in blob_dir(home, "fake-org/transformer").iterdir():
+        blob.unlink()
+    assert_one_line_error(download(card, home, hub.url, "--revision", "main"), "the Hub reported")
+
+
 def test_a_gated_repo_needs_hf_token(world):
     hub, card, home = world
     hub.repos.update({k: v for k, v in fake_repos(token="s3cret").items() if k == "fake-org/transformer"})

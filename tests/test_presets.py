@@ -4,6 +4,7 @@ and how `resolve_model` treats names and paths that need no download."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -140,7 +141,45 @@ def test_a_real_wheel_ships_the_cards(tmp_path):
         check=True,
         capture_output=True,
     )
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
     for name in PRESETS:
         assert f"ca2vdm_cli/bundled_weights/{name}.json" in names
     assert "ca2vdm_cli/weights.py" in names and "ca2vdm_cli/cli/download.py" in names
+    # installed (not editable), the cards are found through the package from any working directory
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = "from ca2vdm_cli import presets as p; print(p.packaged_weights()); print(p.preset_names())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    ).stdout.splitlines()
+    assert out[0] == str(target / "ca2vdm_cli" / "bundled_weights")
+    assert all(name in out[1] for name in PRESETS)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["download", "ca2vdm-official-sky"], "pass --weights PATH"),
+        (["download", "no-such-model"], "unknown model 'no-such-model'; presets:"),
+        (
+            ["download", "opensora-v1-256", "--weights", "x.pth"],
+            "--weights is only used with the ca2vdm-official",
+        ),
+    ],
+)
+def test_download_usage_mistakes_are_one_line(args, fragment):
+    out = subprocess.run(
+        [sys.executable, "-m", "ca2vdm_cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and fragment in out.stderr
