@@ -149,10 +149,15 @@ def read_image(path: str | Path, width: int, height: int) -> tuple[np.ndarray, l
             image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise InputError(
-            f"--image {path} is not an image PIL can read (corrupt or unsupported format)"
+            f"--image {path} is not an image PIL can read (corrupt or unsupported format); "
+            "save it as PNG or JPEG"
         ) from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated/corrupt data, permission denied
-        raise InputError(f"--image {path} cannot be read: {exc}") from None
+    except PermissionError:
+        raise InputError(f"--image {path} cannot be read: permission denied") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # a known format with broken or truncated data
+        raise InputError(
+            f"--image {path} is corrupt or truncated ({exc}); save it again as PNG or JPEG"
+        ) from None
     notices = []
     if image.mode != "RGB":
         dropped = " (alpha dropped)" if "A" in image.getbands() or "transparency" in image.info else ""
