@@ -23,12 +23,13 @@ import typer
 from ca2vdm_cli.cli import app
 
 EPILOG = (
-    "Examples:\n\n"
-    '  ca2vdm generate --prompt "a red circle moving right" --frames 240\n\n'
-    '  ca2vdm generate --prompt "a sky timelapse" --image first.png --frames 240 --out sky.mp4 '
-    "--model DIR\n\n"
+    "\b\nExamples:\n"
+    '  ca2vdm generate --prompt "a red circle moving right" --frames 240\n'
+    '  ca2vdm generate --prompt "a sky timelapse" --image first.png --frames 240 \\\n'
+    "      --out sky.mp4 --model DIR\n"
     "  ca2vdm generate --config shot.toml --seed 7 --json\n\n"
-    "--frames counts every frame of the output video, the --image frame(s) included."
+    "--frames counts every frame of the output video, the --image frame(s) included. Ctrl-C or SIGTERM "
+    "stop cleanly: the video keeps every finished chunk and stays playable."
 )
 
 
@@ -85,7 +86,8 @@ def generate(
     ] = None,
     fps: Annotated[float | None, typer.Option(help="Frames per second. [default: model card]")] = None,
     crf: Annotated[
-        int | None, typer.Option(help="Quality, lower is better (h264 0-51, av1 0-63, mpeg4 2-31).")
+        int | None,
+        typer.Option(help="Quality, lower is better: h264 0-51, av1 0-63, mpeg4 2-31. [default: 20, 35, 3]"),
     ] = None,
     codec: Annotated[
         Literal["h264", "av1", "mpeg4"] | None, typer.Option(help="Video codec. [default: h264]")
