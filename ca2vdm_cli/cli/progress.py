@@ -77,8 +77,7 @@ class Reporter:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns: list[Any] = [
-            TextColumn("generating"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.fields[frames]}"),
             TextColumn("{task.fields[ar]}"),
             TextColumn("{task.fields[step]}"),
@@ -117,9 +116,9 @@ class Reporter:
             self._task,
             completed=ev.frames_done + partial,
             frames=f"{ev.frames_done}/{ev.frames_total} frames",
-            ar=f"AR step {ev.chunk + 1}/{ev.num_chunks}",
-            step=f"denoise {ev.step}/{ev.num_steps}",
-            fps=f"{self.frames_per_second(ev.frames_done):.2f} frames/s",
+            ar=f"AR {ev.chunk + 1}/{ev.num_chunks}",
+            step=f"step {ev.step}/{ev.num_steps}",
+            fps=f"{self.frames_per_second(ev.frames_done):.1f} fps",
             gpu=self._gpu_text(),
         )
 
@@ -157,7 +156,7 @@ class Reporter:
         reading = gpu_memory(self.device)
         if reading is None:
             return ""
-        return f"gpu {reading.current / GIB:.2f}/{reading.peak / GIB:.2f} GiB (now/peak)"
+        return f"GPU {reading.current / GIB:.1f} GiB (peak {reading.peak / GIB:.1f})"
 
 
 # ----------------------------------------------------------------------------- logging
