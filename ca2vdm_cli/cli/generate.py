@@ -12,8 +12,6 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -259,13 +257,14 @@ def _render(plan: Plan, pipeline: Any, reporter: Any) -> float:
     """Stream chunks into the video (and PNGs). On Ctrl-C, SIGTERM or an error the video is closed, so it
     stays playable, and the message says how many frames it holds. Returns the generation seconds."""
     from ca2vdm_cli.cli import fail
+    from ca2vdm_cli.cli.interrupts import Stopped, StopRequests
     from ca2vdm_cli.errors import Ca2VDMError
     from ca2vdm_cli.runtime import is_out_of_memory, out_of_memory_error
     from ca2vdm_cli.video import VideoWriter
 
     card, request, s = plan.card, plan.request, plan.inputs.sampling
     writer = VideoWriter(plan.out, card.width, card.height, plan.fps, plan.codec, plan.quality, s.chunk)
-    stop = _StopRequests()
+    stop = StopRequests()
 
     def on_event(event: Any) -> None:
         reporter.on_event(event)
@@ -355,45 +354,6 @@ def _summary(r: dict[str, Any]) -> str:
         f"{r['codec']}) to {r['path']} in {r['seconds']:.1f} s; generation {r['generate_seconds']:.1f} s "
         f"({r['frames_per_second']:.2f} frames/s), {peak}"
     )
-
-
-class Stopped(Exception):
-    """A stop was requested by SIGINT (Ctrl-C) or SIGTERM; raised at a safe point of the render loop."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _StopRequests:
-    """SIGINT/SIGTERM handlers that only record the request; `check()` raises `Stopped` between steps, so
-    the video is never cut in the middle of a frame. A second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise Stopped(self.signum)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        previous = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:  # not the main thread (embedded use): leave signals alone
-            pass
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 def _close_partial(writer: Any) -> int:
