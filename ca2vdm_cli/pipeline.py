@@ -182,8 +182,11 @@ def module_bytes(module: Any) -> int:
 class Pipeline:
     """Runs requests on loaded components (`modeldir.Components`); one model load serves many requests."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, free_text_encoder: bool = False) -> None:
+        """`free_text_encoder`: drop the text encoder after the first prompt is encoded (one-shot runs on a
+        device too small to hold it next to the transformer)."""
         self.components = components
+        self.free_text_encoder = free_text_encoder
         self.card: ModelCard = components.card
         self.model = components.model
         param = next(self.model.parameters())
@@ -218,9 +221,16 @@ class Pipeline:
             logger.warning(
                 "the prompt is %d tokens; only the first %d are used", tokens, self.card.text_max_length
             )
-        return encode_text(
+        if c.text_encoder is None:
+            raise RuntimeError("the text encoder was freed after the first prompt (free_text_encoder=True)")
+        encoded = encode_text(
             c.tokenizer, c.text_encoder, [prompt], self.card.text_max_length, device=self.device
         )
+        if self.free_text_encoder:
+            c.text_encoder = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return encoded
 
     def encode_images(self, images: np.ndarray, seed: int) -> Tensor:
         """uint8 (P, H, W, 3) → scaled latents (1, c, P, h, w), a seeded posterior sample (spec §4.1)."""

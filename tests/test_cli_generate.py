@@ -97,8 +97,8 @@ def _error_cases(tmp_path, model_dir, image_only_model_dir):
         "corrupt image": (m + ["-i", tmp_path / "corrupt.png"], "corrupt.png", "is corrupt or truncated"),
         "zero frames": (m + ["--frames", "0"], "--frames 0", "at least 1 frame"),
         "negative frames": (m + ["--frames", "-3"], "--frames -3", "at least 1 frame"),
-        "unknown model": (["--model", "no-such-model"], "no-such-model", "pass --model DIR"),
-        "missing model dir": (["--model", "./no/such/dir"], "./no/such/dir", "no such model directory"),
+        "unknown model": (["--model", "no-such-model"], "no-such-model", "or a model directory"),
+        "missing model dir": (["--model", "./no/such/dir"], "./no/such/dir", "does not exist"),
         "existing output": (m + ["--out", existing], str(existing), "pass --overwrite"),
         "unwritable output": (m + ["--out", blocker / "v.mp4"], "blocker", "cannot create directory"),
         "image needed": (["--model", str(image_only_model_dir)], "cannot start from text", "--image PATH"),
@@ -182,3 +182,21 @@ def test_info_reports_the_environment(cli):
     assert report["cache_dirs"]["huggingface_hub"]
     code, stdout, _ = cli("info")
     assert code == 0 and f"version: {torch.__version__}" in stdout and "encoders:" in stdout
+
+
+@pytest.mark.parametrize("mode", ["cpu", "free"])
+def test_text_encoder_placement_and_the_planned_memory_line(cli, model_dir, tmp_path, mode):
+    code, stdout, err = cli("generate", "--model", model_dir, "-p", "a red", "--frames", 5, "--seed", 1,
+                            "--out", tmp_path / f"{mode}.mp4", "--text-encoder", mode)  # fmt: skip
+    assert code == 0, err
+    assert "planned memory on cpu:" in err and "transformer" in err
+    assert probe_video(tmp_path / f"{mode}.mp4").frames == 5
+
+
+def test_bad_text_encoder_setting_in_the_config_file(cli, model_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('text_encoder = "gpu0"\n')
+    code, stdout, err = cli(
+        "generate", "--model", model_dir, "-p", "a", "--config", config, "--out", tmp_path / "x.mp4"
+    )
+    assert code == 1 and "text_encoder = 'gpu0' must be device, cpu or free" in err

@@ -1,4 +1,3 @@
-"""Imports every command module so that each registers itself on the app (in `--help` order)."""
+"""Imports every command module so that each registers itself on the app."""
 
-from ca2vdm_cli.cli import generate, info  # noqa: F401
-from ca2vdm_cli.cli import download, models  # noqa: F401
+from ca2vdm_cli.cli import download, generate, info, models  # noqa: F401

@@ -91,6 +91,13 @@ def generate(
         Literal["h264", "av1", "mpeg4"] | None, typer.Option(help="Video codec. [default: h264]")
     ] = None,
     frames_dir: Annotated[Path | None, typer.Option(help="Also write every frame as a PNG here.")] = None,
+    text_encoder: Annotated[
+        Literal["device", "cpu", "free"] | None,
+        typer.Option(
+            "--text-encoder",
+            help="T5 on the run device, kept on the CPU, or freed after encoding. [default: device]",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file of settings (flags take precedence).")
     ] = None,
@@ -126,6 +133,7 @@ def generate(
         "crf": crf,
         "codec": codec,
         "frames_dir": None if frames_dir is None else str(frames_dir),
+        "text_encoder": text_encoder,
     }
     settings = merge_settings(flags, load_config_file(config) if config is not None else {})
     run_generate(settings, overwrite=overwrite, yes=yes, json_output=json_output, quiet=quiet, debug=debug)
@@ -161,7 +169,8 @@ def run_generate(
     plan = _plan(settings, overwrite, yes)
     for notice in plan.inputs.notices:
         reporter.note(notice)
-    pipeline = _load(plan, device, dtype, debug)
+    reporter.line(_check_memory(plan, device, dtype, settings.get("text_encoder") or "device"))
+    pipeline = _load(plan, device, dtype, debug, settings.get("text_encoder") or "device")
     reporter.line(_describe(plan, pipeline))
     gen_seconds = _render(plan, pipeline, reporter)
     result = _result(plan, pipeline, time.perf_counter() - started, gen_seconds)
@@ -212,7 +221,28 @@ def _plan(settings: dict[str, Any], overwrite: bool, yes: bool) -> Plan:
     return Plan(model_dir, card, request, inputs, out, codec, quality, fps, frames_dir)
 
 
-def _load(plan: Plan, device: Any, dtype: Any, debug: bool) -> Any:
+def _check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
+    """Estimate the device memory before loading anything; refuse early when it cannot fit (CUDA)."""
+    from ca2vdm_cli.errors import ConfigError
+    from ca2vdm_cli.memory import check_fits, describe_estimate, estimate_memory
+
+    if text_encoder not in ("device", "cpu", "free"):
+        raise ConfigError(f"text_encoder = {text_encoder!r} must be device, cpu or free")
+    s = plan.inputs.sampling
+    estimate = estimate_memory(
+        plan.card,
+        dtype,
+        cfg=s.cfg_scale != 1.0,
+        text_encoder_on_cpu=text_encoder == "cpu",
+        free_text_encoder=text_encoder == "free",
+        model_dir=plan.model_dir,
+        sampling=s,
+    )
+    check_fits(estimate, device)
+    return f"planned memory on {device}: {describe_estimate(estimate)}"
+
+
+def _load(plan: Plan, device: Any, dtype: Any, debug: bool, text_encoder: str) -> Any:
     import torch
 
     from ca2vdm_cli.cli.progress import quiet_libraries
@@ -224,7 +254,9 @@ def _load(plan: Plan, device: Any, dtype: Any, debug: bool) -> Any:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        return Pipeline(load_model_dir(plan.model_dir, device, dtype))
+        text_device = "cpu" if text_encoder == "cpu" else None
+        components = load_model_dir(plan.model_dir, device, dtype, text_device=text_device)
+        return Pipeline(components, free_text_encoder=text_encoder == "free")
     except Exception as exc:
         if is_out_of_memory(exc):
             s = plan.inputs.sampling

@@ -11,14 +11,13 @@ The TOML file holds flat keys named like the flags (`cfg_scale` or `cfg-scale`),
 
 from __future__ import annotations
 
-import re
 import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.errors import ConfigError
 
 DEFAULT_MODEL = "sprites"  # the embedded default model (weights/sprites/)
 
@@ -29,6 +28,7 @@ GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "frames": ((int,), "an integer"),
     "out": ((str,), "a path"),
     "model": ((str,), "a preset name or a model directory"),
+    "text_encoder": ((str,), "device, cpu or free"),
     "seed": ((int,), "an integer"),
     "steps": ((int,), "an integer"),
     "sampler": ((str,), "iddpm or ddim"),
@@ -107,29 +107,8 @@ def consent_prompt(yes: bool) -> Callable[[str], bool]:
 
 
 def resolve_model_dir(name_or_path: str, consent: Callable[[str], bool] | None = None) -> Path:
-    """A local model directory for `--model`: through `ca2vdm_cli.weights.resolve_model` (presets, downloads)
-    when that module is installed, else local directories and the presets shipped in `weights/`."""
-    try:
-        from ca2vdm_cli.weights import resolve_model  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name != "ca2vdm_cli.weights":
-            raise
-        return _resolve_local_model(name_or_path)
+    """A local model directory for `--model` (a directory, `sprites`, a preset or a card file); presets are
+    downloaded only with consent."""
+    from ca2vdm_cli.weights import resolve_model
+
     return Path(resolve_model(name_or_path, consent=consent))
-
-
-def _resolve_local_model(name: str) -> Path:
-    from ca2vdm_cli.card import CARD_FILE
-
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    shipped = Path(__file__).resolve().parents[2] / "weights" / name
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) and (shipped / CARD_FILE).is_file():
-        return shipped
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise WeightsError(f"--model {name}: no such model directory")
-    raise WeightsError(
-        f"unknown model {name!r}: it is neither a model directory nor an installed preset; pass --model DIR "
-        f"(a folder with {CARD_FILE}, transformer.safetensors, vae/ and text_encoder/)"
-    )
