@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -117,6 +118,23 @@ def output_name(item: JobItem) -> str:
 
 def output_path(item: JobItem, out_dir: Path) -> Path:
     return Path(item.out) if item.out else out_dir / output_name(item)
+
+
+def mark_duplicate_outputs(items: list[JobItem], out_dir: Path) -> None:
+    """Give every item whose output path an earlier item already has an error, so that no file is rendered
+    twice (same prompt, image and seed, or the same `out`)."""
+    first: dict[str, JobItem] = {}
+    for item in items:
+        if item.error:
+            continue
+        key = os.path.abspath(output_path(item, out_dir))
+        if key in first:
+            item.error = (
+                f"line {item.line}: same output as line {first[key].line} ({output_path(item, out_dir)}); "
+                "give it another seed or its own 'out'"
+            )
+        else:
+            first[key] = item
 
 
 def shard(items: list[JobItem], rank: int, world_size: int) -> list[JobItem]:

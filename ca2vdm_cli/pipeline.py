@@ -10,7 +10,9 @@ Nothing accumulates across chunks, so memory is bounded for any video length.
 
 `GenerateRequest.frames` is the total number of frames in the output video, the given frame(s) included:
 `--frames 49 --image a.png` yields 1 given + 48 generated frames. Each `FrameChunk` carries the latents
-of its new frames, which is what `GenerateRequest.replay` takes to resume an interrupted render.
+of its new frames, which is what `GenerateRequest.replay` takes to resume an interrupted render: replayed
+chunks are written to the cache exactly as the first time and decoded again (`FrameChunk.replayed`), so
+the consumer receives the whole video once, whatever the point it resumed from.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class GenerateRequest:
     prefix_perturb_t: int | None = None
     ddim_eta: float | None = None
     engine: str = "cache"
-    replay: tuple[Tensor, ...] = ()  # latents of chunks already rendered (resume): re-cached, not re-yielded
+    replay: tuple[Tensor, ...] = ()  # latents of chunks already rendered (resume): re-cached and re-decoded
     decode_batch: int = 16  # frames per VAE decode call
 
     def sampling_overrides(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class FrameChunk:
     latents: Tensor  # (1, c, l, h, w) float32 on the CPU: the new frames only (what `replay` takes)
     start: int  # position of frames[0] in the output video
     num_given: int = 0  # leading conditioning frames in `frames`
+    replayed: bool = False  # decoded from `GenerateRequest.replay`, not generated in this call
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,14 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
         raise InputError(
             f"{len(request.replay)} chunks to resume from, but this request has only {len(chunks)} chunks"
         )
+    c, (h, w) = card.model.in_channels, card.model.latent_size
+    for k, z in enumerate(request.replay):
+        if tuple(z.shape) != (1, c, chunks[k], h, w):
+            needed = (1, c, chunks[k], h, w)
+            raise InputError(
+                f"resumed chunk {k} has shape {tuple(z.shape)} but this request needs {needed} "
+                "(different --chunk, --frames or model?)"
+            )
     return CheckedInputs(sampling, images, chunks, notices)
 
 
@@ -259,12 +270,18 @@ class Pipeline:
         y, y_mask = self.encode_prompt(request.prompt)
         prefix = self.encode_images(inputs.images, request.seed) if inputs.images is not None else None
         replayed = len(request.replay)
-        frames_done = num_given + sum(chunks[:replayed])
         empty = torch.zeros(1, self.card.model.in_channels, 0, *self.card.model.latent_size)
         if not chunks:  # the given frames are the whole video
             assert prefix is not None
             yield FrameChunk(-1, self.decode(prefix, request.decode_batch), empty, 0, num_given)
             return
+
+        def chunk(k: int, z: Tensor, start: int, replay: bool) -> FrameChunk:
+            """Chunk k's frames (z (1, c, l, h, w)); the first one starts with the given frames."""
+            with_prefix = prefix is not None and k == 0
+            latents = torch.cat([prefix, z], dim=2) if with_prefix else z
+            frames = self.decode(latents, request.decode_batch)
+            return FrameChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0, replay)
 
         def event(stage: str, k: int, step: int, done: int) -> None:
             if on_progress is not None:
@@ -274,6 +291,13 @@ class Pipeline:
                     )
                 )
 
+        def start_of(k: int) -> int:  # position in the video of chunk k's first frame
+            return 0 if k == 0 else num_given + sum(chunks[:k])
+
+        # Resumed chunks first: decoded again (no progress events), so the output holds every frame once.
+        for k, z in enumerate(request.replay):
+            yield chunk(k, z, start_of(k), True)
+        frames_done = num_given + sum(chunks[:replayed])
         stream = sample_video(
             self.model,
             sampling,
@@ -287,10 +311,6 @@ class Pipeline:
             on_step=lambda k, n, _: event("denoise", k, n, frames_done),
         )
         for k, z in enumerate(stream, start=replayed):  # z (1, c, l, h, w)
-            with_prefix = prefix is not None and k == 0  # a resumed render already holds the given frames
-            latents = torch.cat([prefix, z], dim=2) if with_prefix else z
-            frames = self.decode(latents, request.decode_batch)
-            start = frames_done - (num_given if with_prefix else 0)
-            yield FrameChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0)
+            yield chunk(k, z, start_of(k), False)
             frames_done += chunks[k]
             event("chunk", k, sampling.steps, frames_done)  # the consumer has taken (written) the chunk

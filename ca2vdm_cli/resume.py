@@ -9,6 +9,9 @@ The fingerprint hashes everything that decides the frames (model, prompt, image 
 sampling settings, device type, dtype); a sidecar with another fingerprint is never used. Resuming replays
 the saved chunks into the cache (`sample_video(replay=...)`) and re-decodes them into a fresh MP4, so the
 final file has every frame exactly once. The sidecar is removed when the render completes.
+
+`inspect_output` decides what a resumable run does with an output path: resume it (a usable sidecar), skip
+it (complete: decodes to the expected frame count and size, no sidecar), or render it from scratch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,14 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_identity(model_dir: str | Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file of a model directory: cheap to take, and it changes
+    when any weight file is replaced (hashing gigabytes of weights per render would not be)."""
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def sidecar_dir(out: str | Path) -> Path:
@@ -116,3 +128,44 @@ class Sidecar:
     def _write_manifest(self) -> None:
         data = {"version": VERSION, "fingerprint": self.fingerprint, "chunks": self.chunks}
         _atomic_write(self.dir / "manifest.json", json.dumps(data).encode())
+
+
+@dataclass
+class OutputState:
+    """What to do with an output path: "render" (from scratch), "resume" (replay `chunks`) or "skip"."""
+
+    action: str
+    reason: str
+    chunks: list[Tensor] = field(default_factory=list)
+
+
+def inspect_output(out: str | Path, sidecar: Sidecar, frames: int, width: int, height: int) -> OutputState:
+    """Resume from a usable sidecar; skip a finished video (verified by decoding it, not just present);
+    otherwise render from scratch (missing, partial or corrupt output, or a sidecar of other settings)."""
+    out = Path(out)
+    if sidecar.exists():
+        chunks = sidecar.load()
+        if chunks:
+            return OutputState("resume", f"{len(chunks)} finished chunk(s) saved in {sidecar.dir}", chunks)
+        return OutputState("render", f"{sidecar.dir} holds no usable chunk for these settings")
+    if not out.exists():
+        return OutputState("render", "new")
+    problem = video_problem(out, frames, width, height)
+    if problem is None:
+        return OutputState("skip", f"{out} is complete ({frames} frames, {width}x{height})")
+    return OutputState("render", f"{out} {problem}")
+
+
+def video_problem(path: Path, frames: int, width: int, height: int) -> str | None:
+    """Why `path` is not a finished video of `frames` frames at width x height (None: it is)."""
+    from ca2vdm_cli.video import probe_video
+
+    try:
+        info = probe_video(path)
+    except Exception as exc:  # PyAV raises several error types for broken files; all mean "not finished"
+        return f"cannot be decoded ({type(exc).__name__})"
+    if (info.width, info.height) != (width, height):
+        return f"is {info.width}x{info.height}, not {width}x{height}"
+    if info.frames != frames:
+        return f"holds {info.frames} of {frames} frames"
+    return None

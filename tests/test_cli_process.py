@@ -82,7 +82,7 @@ def test_interrupted_renders_leave_playable_videos(model_dir, tmp_path):
         last = stderr.strip().splitlines()[-1]
         assert rc == code and stdout == "", stderr
         assert last.startswith(f"error: interrupted by {name}: ") and last.endswith(
-            f"saved to {out} (playable)"
+            f"saved to {out} (playable); continue it with --resume"
         )
         saved = int(last.split(": ")[-1].split(" of ")[0])
         assert saved >= 1 + chunk and (saved - 1) % chunk == 0  # the given frame + whole chunks

@@ -58,14 +58,28 @@ def test_same_seed_same_frames_other_seed_other_frames(pipeline, first_frame):
 
 
 def test_replaying_finished_chunks_resumes_exactly(pipeline, first_frame):
-    """What resume builds on: the latents of chunks already written rebuild the cache, and the remaining
-    chunks equal those of the uninterrupted run."""
+    """What resume builds on: the latents of chunks already written rebuild the cache and are decoded again
+    (marked replayed, without progress events), so the consumer gets the whole video once, equal to the
+    uninterrupted run."""
     kw = dict(prompt="a green triangle", images=(first_frame,), frames=14, seed=5)
     full, _ = run(pipeline, **kw)
     resumed, events = run(pipeline, replay=(full[0].latents, full[1].latents), **kw)
-    assert [(c.index, c.start, c.num_given) for c in resumed] == [(2, 9, 0), (3, 13, 0)]
-    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(full[2:], resumed, strict=True))
-    assert events[0].frames_done == 9
+    assert [(c.index, c.start, c.num_given, c.replayed) for c in resumed] == [
+        (0, 0, 1, True), (1, 5, 0, True), (2, 9, 0, False), (3, 13, 0, False)
+    ]  # fmt: skip
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(full, resumed, strict=True))
+    assert all(torch.equal(x.latents, y.latents) for x, y in zip(full, resumed, strict=True))
+    assert events[0].frames_done == 9 and {e.chunk for e in events} == {2, 3}
+    # every chunk replayed: nothing left to generate, the video comes back whole
+    again, events = run(pipeline, replay=tuple(c.latents for c in full), **kw)
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(full, again, strict=True))
+    assert events == []
+
+
+def test_replayed_chunks_of_another_shape_are_refused(pipeline, first_frame):
+    kw = dict(prompt="a", images=(first_frame,), frames=14, seed=5)
+    with pytest.raises(InputError, match=r"resumed chunk 0 has shape \(1, 4, 3, 8, 8\).*\(1, 4, 4, 8, 8\)"):
+        run(pipeline, replay=(torch.zeros(1, 4, 3, 8, 8),), **kw)
 
 
 def test_text_to_video_generates_every_frame(pipeline):

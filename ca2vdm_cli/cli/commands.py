@@ -1,3 +1,3 @@
 """Imports every command module so that each registers itself on the app."""
 
-from ca2vdm_cli.cli import download, generate, info, models  # noqa: F401
+from ca2vdm_cli.cli import batch, download, generate, info, models  # noqa: F401

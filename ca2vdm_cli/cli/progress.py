@@ -161,18 +161,23 @@ class Reporter:
 
 # ----------------------------------------------------------------------------- logging
 class _LowerLevelFormatter(logging.Formatter):
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        return f"{self.prefix}{record.levelname.lower()}: {record.getMessage()}"
 
 
-def configure_logging(debug: bool, quiet: bool) -> None:
-    """Route the package's log records to stderr: warnings by default, debug with --debug, errors with -q."""
+def configure_logging(debug: bool, quiet: bool, prefix: str = "") -> None:
+    """Route the package's log records to stderr: warnings by default, debug with --debug, errors with -q.
+    `prefix` starts every line (the rank of a multi-process batch)."""
     logger = logging.getLogger("ca2vdm_cli")
     for handler in [h for h in logger.handlers if getattr(h, "ca2vdm_cli", False)]:
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.ca2vdm_cli = True  # type: ignore[attr-defined]
-    handler.setFormatter(_LowerLevelFormatter())
+    handler.setFormatter(_LowerLevelFormatter(prefix))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False

@@ -44,6 +44,10 @@ GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "frames_dir": ((str,), "a directory path"),
 }
 
+# `ca2vdm batch --config`: the same keys minus what each item gives (prompt, out) or batch cannot do
+BATCH_KEYS = {k: v for k, v in GENERATE_KEYS.items() if k not in ("prompt", "out", "frames_dir")}
+BATCH_KEYS["image"] = ((str,), "a path")
+
 
 def load_config_file(path: str | Path, keys: dict[str, tuple[tuple[type, ...], str]] = GENERATE_KEYS) -> dict:
     """Read a flat TOML file of settings. ConfigError: missing/invalid file, unknown keys, wrong types."""
