@@ -58,18 +58,16 @@ def rank_device(ranks: Ranks, requested: str) -> torch.device:
     from ca2vdm_cli.runtime import resolve_device
 
     name = requested.strip().lower()
-    if not ranks.distributed:
+    if not ranks.distributed or name == "cpu":
         return resolve_device(name)
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
     if name.startswith("cuda:"):
         raise InputError(
             f"--device {name}: under torchrun each rank uses its own GPU, cuda:LOCAL_RANK; pass --device "
             "cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
-    if name not in ("auto", "cuda"):
-        return resolve_device(name)  # the usual error for an unknown name
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name not in ("auto", "cuda") or not torch.cuda.is_available():
+        return resolve_device(name)  # auto: the CPU; cuda or an unknown name: the usual error
+    count = torch.cuda.device_count()
     if ranks.local_rank >= count:
         raise InputError(
             f"rank {ranks.rank} has LOCAL_RANK {ranks.local_rank} but this node has {count} CUDA device(s); "
