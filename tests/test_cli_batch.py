@@ -149,6 +149,10 @@ def test_batch_level_errors_are_one_line_with_exit_code_1(batch, tmp_path):
         == f"error: job list {missing} does not exist; pass a text or JSONL file, or - to read stdin"
     )
     code, _, err = batch("-", "--text-encoder", "free", stdin="a\n")
+    assert code == 2  # not a choice of batch's flag
+    config = tmp_path / "free.toml"
+    config.write_text('text_encoder = "free"\n')
+    code, _, err = batch("-", "--config", config, stdin="a\n")
     assert code == 1 and "a batch needs device or cpu" in err
     config = tmp_path / "bad.toml"
     config.write_text('prompt = "not per batch"\n')

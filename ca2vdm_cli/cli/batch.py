@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -73,7 +73,10 @@ def batch(
     fps: options.Fps = None,
     crf: options.Crf = None,
     codec: options.Codec = None,
-    text_encoder: options.TextEncoder = None,
+    text_encoder: Annotated[
+        Literal["device", "cpu"] | None,
+        typer.Option("--text-encoder", help="T5 on the run device or kept on the CPU. [default: device]"),
+    ] = None,
     config: options.Config = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Render every item again, even finished ones.")
