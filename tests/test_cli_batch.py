@@ -160,3 +160,63 @@ def test_batch_level_errors_are_one_line_with_exit_code_1(batch, tmp_path):
     assert code == 1 and "unknown keys prompt" in err
     code, results, err = batch("-", stdin="# only a comment\n\n")
     assert code == 0 and results == [] and "batch: 0 of 0 items" in err
+
+
+def test_an_out_of_memory_item_fails_alone(batch, tmp_path, monkeypatch):
+    """Fault injection: the first VAE decode runs out of memory. That item fails with the knobs to turn,
+    leaves no empty video behind, and the next item renders."""
+    import torch
+
+    from ca2vdm_cli.pipeline import Pipeline
+
+    decode, calls = Pipeline.decode, []
+
+    def failing_once(self, latents, micro_batch=16):
+        calls.append(latents.shape)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return decode(self, latents, micro_batch)
+
+    monkeypatch.setattr(Pipeline, "decode", failing_once)
+    code, results, err = batch("-", *FAST, stdin="first\nsecond\n")
+    assert code == 1 and [r["status"] for r in results] == ["failed", "ok"]
+    assert results[0]["error"].startswith("out of host memory while generating (chunks of 4 frames)")
+    assert (
+        "--cache-frames 4 (now 8)" in results[0]["error"] and "no frames were written" in results[0]["error"]
+    )
+    assert not (tmp_path / "renders" / name_of("first")).exists()
+    assert probe_video(results[1]["path"]).frames == 5
+
+
+def test_sigterm_stops_the_batch_cleanly_and_a_rerun_resumes(batch, tmp_path, monkeypatch):
+    """SIGTERM (sent to this process while the 2nd chunk of the 1st item is decoded) stops at the next safe
+    point: that item's failed line, the summary, exit code 143, its resume data kept; the re-run resumes it
+    and renders the item that never started."""
+    import os
+    import signal
+
+    from ca2vdm_cli.pipeline import Pipeline
+
+    decode, calls = Pipeline.decode, []
+
+    def terminated_once(self, latents, micro_batch=16):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # only recorded by the handler; acted on at the next check
+        return decode(self, latents, micro_batch)
+
+    jobs = tmp_path / "prompts.txt"
+    jobs.write_text("first\nsecond\n")
+    with monkeypatch.context() as patched:
+        patched.setattr(Pipeline, "decode", terminated_once)
+        code, results, err = batch(jobs, "--frames", 13, "--steps", 2)
+    assert code == 128 + signal.SIGTERM
+    assert [r["status"] for r in results] == ["failed"]
+    assert results[0]["error"].startswith("interrupted by SIGTERM: 8 of 13 frames saved to")
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("batch: 1 of 2 items, 0 ok, 0 skipped, 1 failed")
+    assert lines[-1] == "error: interrupted by SIGTERM; run the same batch again to resume"
+
+    code, results, err = batch(jobs, "--frames", 13, "--steps", 2)
+    assert code == 0 and [(r["status"], r["resumed_frames"]) for r in results] == [("ok", 8), ("ok", 0)]
+    assert [probe_video(r["path"]).frames for r in results] == [13, 13]

@@ -123,7 +123,7 @@ def test_peak_memory_is_flat_in_the_number_of_frames(tmp_path):
     assert growth < allowance, f"peak RSS grew by {growth / 2**20:.2f} MiB for 48 more frames"
 
 
-@pytest.mark.parametrize("command", [["generate", "--help"], ["info", "--help"]])
+@pytest.mark.parametrize("command", [["generate", "--help"], ["batch", "--help"], ["info", "--help"]])
 def test_help_does_not_import_heavy_libraries(command):
     code = (
         f"import sys, runpy; sys.argv = ['ca2vdm', *{command!r}]\n"
