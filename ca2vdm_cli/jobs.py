@@ -1,5 +1,5 @@
-"""Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically,
-and shard them across ranks. Pure Python (no torch).
+"""Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically
+(refusing a second item with the same output), and shard them across ranks. Pure Python (no torch).
 
 Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`,
 `frames`, `seed`, `out`, `steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`,

@@ -200,3 +200,16 @@ def test_bad_text_encoder_setting_in_the_config_file(cli, model_dir, tmp_path):
         "generate", "--model", model_dir, "-p", "a", "--config", config, "--out", tmp_path / "x.mp4"
     )
     assert code == 1 and "text_encoder = 'gpu0' must be device, cpu or free" in err
+
+
+def test_resume_needs_the_seed_and_excludes_overwrite(cli, model_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    code, _, err = cli("generate", "--model", model_dir, "-p", "a", "--out", out, "--resume")
+    assert code == 1 and "--resume needs the --seed of the interrupted render" in err
+    code, _, err = cli("generate", "--model", model_dir, "-p", "a", "--out", out, "--resume", "--overwrite")
+    assert code == 1 and "pass only one of them" in err
+    # nothing to resume yet: a normal render, whose sidecar is gone once the video is complete
+    code, stdout, err = cli("generate", "--model", model_dir, "-p", "a", "--frames", 5, "--seed", 2,
+                            "--out", out, "--resume", "--json")  # fmt: skip
+    assert code == 0 and json.loads(stdout)["resumed_frames"] == 0
+    assert probe_video(out).frames == 5 and not (tmp_path / "v.mp4.parts").exists()

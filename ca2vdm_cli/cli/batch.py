@@ -146,7 +146,7 @@ class ResultLines:
 
     def emit(self, result: dict[str, Any]) -> None:
         target = self.file if self.file is not None else sys.stdout
-        target.write(json.dumps(result, ensure_ascii=False) + "\n")
+        target.write(json.dumps(result) + "\n")  # ASCII: safe in any locale
         target.flush()
 
     def close(self) -> None:

@@ -99,6 +99,10 @@ def generate(
         "text_encoder": text_encoder,
     }
     settings = merge_settings(flags, load_config_file(config) if config is not None else {})
+    if overwrite and resume:
+        from ca2vdm_cli.errors import InputError
+
+        raise InputError("--resume continues an output and --overwrite replaces it; pass only one of them")
     existing = "overwrite" if overwrite else "resume" if resume else "refuse"
     run_generate(settings, existing=existing, yes=yes, json_output=json_output, quiet=quiet, debug=debug)
 
