@@ -224,6 +224,7 @@ class BatchRun:
         from ca2vdm_cli.cli.render import Interrupted
 
         stop = StopRequests()
+        signum = None
         self.reporter.start()
         try:
             with stop.installed():
@@ -231,14 +232,14 @@ class BatchRun:
                     stop.check()
                     self._finish(self._process(item, stop))
         except (Stopped, KeyboardInterrupt, Interrupted) as exc:
-            self.reporter.close()
             signum = exc.signum if isinstance(exc, Stopped | Interrupted) else signal.SIGINT
-            self.reporter.line(self.reporter.summary())
+        finally:  # also when the model cannot load: the terminal gets its cursor back before the error
+            self.reporter.close()
+        self.reporter.line(self.reporter.summary())
+        if signum is not None:
             name = signal.Signals(signum).name
             fail(f"{self.reporter.tag}interrupted by {name}; run the same batch again to resume")
             return 128 + signum
-        self.reporter.close()
-        self.reporter.line(self.reporter.summary())
         return 1 if self.reporter.counts["failed"] else 0
 
     def _finish(self, result: dict[str, Any]) -> None:
