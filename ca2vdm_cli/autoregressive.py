@@ -6,13 +6,11 @@ Engines share the loop and differ only in how a denoising step sees the clean fr
   recompute       no cache; the last ≤ L_max clean frames are re-run at every step (OS-Ext baseline)
   recompute-full  no cache and no cap: the condition grows with the video (the quadratic case)
 
-Noise is drawn on the CPU from generators keyed by (seed, purpose, chunk index), so a sample's frames
-depend only on its seed and conditioning — not on the batch, the device, or where a render resumed.
+Noise comes from `noise.seeded_noise`, keyed by (seed, purpose, chunk index).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -22,25 +20,11 @@ from ca2vdm_cli.config import SamplingConfig
 from ca2vdm_cli.diffusion import Diffusion, guide
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.noise import seeded_noise
 
 ENGINES = ("cache", "recompute", "recompute-full")
 
 StepCallback = Callable[[int, int, int], None]  # (chunk index, finished step, total steps)
-
-
-# ----------------------------------------------------------------------------- noise
-def _stream_seed(seed: int, purpose: str, index: int) -> int:
-    digest = hashlib.sha256(f"ca2vdm/{seed}/{purpose}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def seeded_noise(seeds: Sequence[int], purpose: str, index: int, shape: Sequence[int]) -> Tensor:
-    """Standard normal noise (B, *shape) on the CPU, one independent stream per (seed, purpose, index)."""
-    out = []
-    for seed in seeds:
-        gen = torch.Generator().manual_seed(_stream_seed(int(seed), purpose, index))
-        out.append(torch.randn(tuple(shape), generator=gen))
-    return torch.stack(out)
 
 
 def chunk_lengths(num_frames: int, chunk: int) -> list[int]:

@@ -1,0 +1,61 @@
+"""Frames <-> latents with a diffusers `AutoencoderKL`, applied frame by frame (an image VAE: no temporal
+compression), micro-batched so memory stays bounded for any clip length."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ca2vdm_cli.noise import seeded_noise
+
+
+def _vae_params(vae: Any) -> tuple[torch.device, torch.dtype]:
+    p = next(vae.parameters())
+    return p.device, p.dtype
+
+
+@torch.inference_mode()
+def encode_frames(
+    vae: Any,
+    frames: Tensor,
+    scaling_factor: float,
+    *,
+    seeds: Sequence[int] | None = None,
+    micro_batch: int = 16,
+) -> Tensor:
+    """uint8 frames (B, T, H, W, 3) -> scaled latents (B, c, T, h, w) float32 on the VAE's device.
+
+    With `seeds` (one per sample) the posterior is sampled with seeded CPU noise, as in training and in
+    the official sampler; without, its mean is used."""
+    device, dtype = _vae_params(vae)
+    B, T, H, W, _ = frames.shape
+    x = frames.reshape(B * T, H, W, 3).permute(0, 3, 1, 2)  # (B·T, 3, H, W)
+    means, stds = [], []
+    for i in range(0, B * T, micro_batch):
+        batch = x[i : i + micro_batch].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        dist = vae.encode(batch.to(dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    mean = torch.cat(means).unflatten(0, (B, T)).transpose(1, 2)  # (B, c, T, h, w)
+    if seeds is not None:
+        std = torch.cat(stds).unflatten(0, (B, T)).transpose(1, 2)
+        mean = mean + std * seeded_noise(seeds, "vae", 0, mean.shape[1:]).to(device)
+    return mean * scaling_factor
+
+
+@torch.inference_mode()
+def decode_latents(vae: Any, latents: Tensor, scaling_factor: float, micro_batch: int = 16) -> Tensor:
+    """Scaled latents (B, c, T, h, w) -> uint8 frames (B, T, H, W, 3) on the CPU."""
+    device, dtype = _vae_params(vae)
+    B, c, T, h, w = latents.shape
+    z = (latents / scaling_factor).transpose(1, 2).reshape(B * T, c, h, w)  # (B·T, c, h, w)
+    out = []
+    for i in range(0, B * T, micro_batch):
+        img = vae.decode(z[i : i + micro_batch].to(device=device, dtype=dtype)).sample.float()  # (b, 3, H, W)
+        img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        out.append(img.permute(0, 2, 3, 1).cpu())
+    frames = torch.cat(out)  # (B·T, H, W, 3)
+    return frames.unflatten(0, (B, T))

@@ -1,0 +1,75 @@
+"""Builders for tiny but real components (diffusers AutoencoderKL, transformers T5EncoderModel with the
+file-free ByT5Tokenizer, CausalSTDiT) and a complete model directory on disk, for fast CPU tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ca2vdm_cli.card import ModelCard
+from ca2vdm_cli.config import SamplingConfig
+from tests.conftest import tiny_config, tiny_model
+
+
+def tiny_vae(seed: int = 0):
+    """A 3-level AutoencoderKL: spatial factor 4, 4 latent channels (32×32 frames -> 8×8 latents)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        mid_block_add_attention=False,
+    ).eval()
+
+
+def tiny_text_encoder(d_model: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=384,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_card(name: str = "tiny", **model_overrides) -> ModelCard:
+    cfg = tiny_config(**model_overrides)
+    return ModelCard(
+        name=name,
+        model=cfg,
+        sampling=SamplingConfig(steps=3, sampler="ddim", chunk=4, cache_frames=8, prefix_perturb_t=50),
+        fps=8,
+        height=32,
+        width=32,
+        vae_scaling_factor=0.5,
+        vae_downsample=4,
+        text_max_length=cfg.model_max_length,
+        tokenizer="byt5",
+        text_to_video=True,
+        description="random tiny test model",
+    )
+
+
+def write_tiny_model_dir(path: Path, **model_overrides) -> Path:
+    """A complete, loadable model directory with random weights."""
+    from ca2vdm_cli.modeldir import save_model_dir
+
+    card = tiny_card(**model_overrides)
+    model = tiny_model(**model_overrides)
+    text = tiny_text_encoder(card.model.caption_channels) if card.model.has_text else None
+    return save_model_dir(path, card, model, tiny_vae(), text)
