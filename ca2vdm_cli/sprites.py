@@ -47,9 +47,8 @@ SIZES = (10, 16)  # inclusive range of sprite sizes in pixels
 SPEEDS = (1, 3)  # inclusive range of pixels per frame along each moving axis
 HEADROOM = 8  # frames without a bounce at the start of every video
 
-_PART = re.compile(
-    rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) moving ({'|'.join(sorted(DIRECTIONS, key=len, reverse=True))})"
-)
+_DIRECTION_WORDS = "|".join(sorted(DIRECTIONS, key=len, reverse=True))  # longest first: up-left before up
+_PART = re.compile(rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) moving ({_DIRECTION_WORDS})")
 
 
 @dataclass(frozen=True)

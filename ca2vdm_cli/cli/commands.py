@@ -1,1 +1,6 @@
 """Imports every command module so that each registers itself on the app."""
+
+from ca2vdm_cli.cli import (
+    eval,  # noqa: F401
+    train,  # noqa: F401
+)

@@ -76,12 +76,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != FORMAT:
-                raise WeightsError(f"{path} is not a ca2vdm training checkpoint (format {metadata.get('format')!r})")
+                raise WeightsError(
+                    f"{path} is not a ca2vdm training checkpoint (format {metadata.get('format')!r})"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
     except WeightsError:
         raise
     except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}; delete it to resume from an older one") from None
+        raise WeightsError(
+            f"cannot read checkpoint {path}: {exc}; delete it to resume from an older one"
+        ) from None
     module = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     ema = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
     state: dict[int, dict[str, Tensor]] = {}

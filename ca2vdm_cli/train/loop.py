@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -119,7 +118,9 @@ class Trainer:
         mode = self.settings.mixed_precision
         if self.info.device.type != "cuda":
             if mode in ("bf16", "fp16"):
-                logger.warning("mixed precision %s is for CUDA; training in fp32 on %s", mode, self.info.device)
+                logger.warning(
+                    "mixed precision %s is for CUDA; training in fp32 on %s", mode, self.info.device
+                )
             return None
         return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[mode]
 

@@ -57,7 +57,10 @@ class TrainSettings:
             (0 <= self.prefix_perturb_t < 1000, "prefix_perturb_t must be in 0..999"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.tpe_random_start in ("full", "all", "none"), "tpe_random_start must be full|all|none"),
-            (self.mixed_precision in ("auto", "bf16", "fp16", "no"), "mixed_precision must be auto|bf16|fp16|no"),
+            (
+                self.mixed_precision in ("auto", "bf16", "fp16", "no"),
+                "mixed_precision must be auto|bf16|fp16|no",
+            ),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every/log_every must be >= 1"),
         ]
         for ok, message in checks:
@@ -77,7 +80,7 @@ class TrainSettings:
 
 
 # The embedded default model (weights/sprites): 64×64 frames, a 4× VAE (16×16×4 latents), 4×4 patches
-# (16 tokens per frame), chunks of 4 frames, a queue of 13 clean frames (M = 13 + 4 = 17).
+# (16 tokens per frame), chunks of 4 frames, a queue of 9 clean frames (M = 9 + 4 = 13).
 SPRITES: dict[str, Any] = {
     "name": "sprites",
     "seed": 0,
@@ -92,12 +95,12 @@ SPRITES: dict[str, Any] = {
             "latent_size": [16, 16],
             "in_channels": 4,
             "patch_size": [1, 4, 4],
-            "hidden_size": 192,
+            "hidden_size": 128,
             "depth": 6,
             "num_heads": 4,
             "caption_channels": 128,
             "model_max_length": 80,
-            "max_tpe_len": 17,
+            "max_tpe_len": 13,
             "tpe_mode": "cyclic",
             "mask_channel": True,
             "pe_mode": "prev_frames",
@@ -108,7 +111,7 @@ SPRITES: dict[str, Any] = {
             "steps": 20,
             "sampler": "ddim",
             "chunk": 4,
-            "cache_frames": 13,
+            "cache_frames": 9,
             "cfg_scale": 1.0,
             "prefix_perturb_t": 50,
         },
@@ -143,18 +146,21 @@ SPRITES: dict[str, Any] = {
             "sample_size": 64,
             "mid_block_add_attention": False,
         },
-        "steps": 1500,
-        "batch_size": 16,
+        "steps": 800,
+        "batch_size": 8,
         "lr": 1e-3,
         "kl_weight": 1e-6,
+        "decoder_steps": 1500,
+        "decoder_lr": 3e-4,
+        "foreground_weight": 10.0,
     },
-    "data": {"kind": "sprites", "videos": 2000, "frames": 48},
+    "data": {"kind": "sprites", "videos": 1000, "frames": 32},
     "train": {
-        "steps": 6000,
-        "batch_size": 16,
+        "steps": 4000,
+        "batch_size": 8,
         "lr": 3e-4,
         "warmup_steps": 200,
-        "min_lr_ratio": 0.1,
+        "min_lr_ratio": 1.0,
         "ema_decay": 0.999,
         "checkpoint_every": 250,
         "log_every": 25,
@@ -166,7 +172,7 @@ SPRITES: dict[str, Any] = {
 }
 
 BUILTIN = {"sprites": SPRITES}
-SECTIONS = ("name", "seed", "card", "text_encoder", "vae", "data", "train")
+SECTIONS = ("name", "seed", "card", "text_encoder", "vae", "data", "train", "export")
 
 
 def load_recipe(source: str | Path) -> dict[str, Any]:

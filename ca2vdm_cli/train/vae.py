@@ -42,7 +42,9 @@ def sprite_frames(gen: torch.Generator, batch: int) -> np.ndarray:
     """`batch` random frames of random training videos: uint8 (B, 64, 64, 3)."""
     seeds = torch.randint(0, TRAIN_SEEDS, (batch,), generator=gen).tolist()
     index = torch.randint(0, MAX_FRAME, (batch,), generator=gen).tolist()
-    return np.stack([sprites.render(sprites.sample_scene(s), i + 1)[i] for s, i in zip(seeds, index, strict=True)])
+    return np.stack(
+        [sprites.render(sprites.sample_scene(s), i + 1)[i] for s, i in zip(seeds, index, strict=True)]
+    )
 
 
 class VAEObjective(nn.Module):
@@ -64,7 +66,9 @@ class VAEObjective(nn.Module):
 
 
 def vae_loss_fn(batch: int, latent_shape: tuple[int, int, int]):
-    def loss_fn(module: nn.Module, step: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    def loss_fn(
+        module: nn.Module, step: int, gen: torch.Generator, device: torch.device
+    ) -> dict[str, Tensor]:
         x = to_pixels(sprite_frames(gen, batch)).to(device)
         noise = torch.randn((batch, *latent_shape), generator=gen).to(device)
         return module(x, noise)
@@ -91,3 +95,25 @@ def reconstruction_report(vae: nn.Module, scaling_factor: float, device: torch.d
     out = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy()
     err = np.abs(out.astype(np.float32) - frames.astype(np.float32))
     return {"mae": float(err.mean()), "bad_pixels": float((err.max(-1) > 32).mean())}
+
+
+class DecoderObjective(nn.Module):
+    """Phase 2: fine-tune only the decoder (the encoder, hence the latent space, stays fixed) with sprite
+    pixels weighted `foreground_weight` times more than the black background, for exact colours."""
+
+    def __init__(self, vae: nn.Module, foreground_weight: float) -> None:
+        super().__init__()
+        self.vae, self.foreground_weight = vae, foreground_weight
+        for module in (vae.encoder, vae.quant_conv):
+            if module is not None:
+                module.requires_grad_(False)
+
+    def forward(self, x: Tensor, noise: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            posterior = self.vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * noise
+        recon = self.vae.decode(z).sample
+        weight = 1 + (self.foreground_weight - 1) * (x > -1).any(dim=1, keepdim=True).float()  # (B, 1, H, W)
+        l1 = ((recon - x).abs() * weight).mean()
+        mse = (((recon - x) ** 2) * weight).mean()
+        return {"loss": l1 + mse, "l1": l1, "mse": mse}
