@@ -118,7 +118,8 @@ def aggregate(videos: list[VideoScores], window: int = 40) -> dict[str, float]:
     inside = np.concatenate([v.change[~v.boundary] for v in videos]) if videos else np.array([])
     out["change_boundary"] = float(at.mean()) if at.size else float("nan")
     out["change_inside"] = float(inside.mean()) if inside.size else float("nan")
-    out["boundary_ratio"] = out["change_boundary"] / out["change_inside"] if inside.size else float("nan")
+    defined = inside.size and out["change_inside"] > 0
+    out["boundary_ratio"] = out["change_boundary"] / out["change_inside"] if defined else float("nan")
     return out
 
 

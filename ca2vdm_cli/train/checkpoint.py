@@ -94,6 +94,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     groups = json.loads(metadata["param_groups"])
+    for group in groups:  # JSON turned tuples into lists; Adam keeps betas as a tuple
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
     return {
         "step": int(metadata["step"]),
         "module": module,

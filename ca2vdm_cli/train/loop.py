@@ -74,9 +74,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def step_generator(seed: int, stage: str, rank: int, step: int) -> torch.Generator:
+def step_seed(seed: int, stage: str, rank: int, step: int) -> int:
     digest = hashlib.sha256(f"ca2vdm-train/{seed}/{stage}/{rank}/{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def step_generator(seed: int, stage: str, rank: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(step_seed(seed, stage, rank, step))
 
 
 class Trainer:
@@ -149,6 +153,8 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
         gen = step_generator(self.seed, self.stage, self.info.rank, self.step)
+        # modules' own randomness (e.g. dropout) uses the global RNG: key it to the step too
+        torch.manual_seed(step_seed(self.seed, self.stage + "/global", self.info.rank, self.step))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         autocast = (
