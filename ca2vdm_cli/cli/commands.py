@@ -1,6 +1,5 @@
-"""Imports every command module so that each registers itself on the app."""
+"""Imports every command module so that each registers itself on the app (in `--help` order)."""
 
-from ca2vdm_cli.cli import (
-    eval,  # noqa: F401
-    train,  # noqa: F401
-)
+from ca2vdm_cli.cli import generate, info  # noqa: F401
+from ca2vdm_cli.cli import download, models  # noqa: F401
+from ca2vdm_cli.cli import train, eval  # noqa: F401
