@@ -36,7 +36,9 @@ def pooled_encoder(frames: np.ndarray) -> torch.Tensor:
 
 def test_read_captions_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "c.jsonl"
-    jsonl.write_text(json.dumps({"path": "a.mp4", "caption": "sky"}) + "\n\n" + '{"path": "b.mp4", "caption": "sea"}\n')
+    jsonl.write_text(
+        json.dumps({"path": "a.mp4", "caption": "sky"}) + "\n\n" + '{"path": "b.mp4", "caption": "sea"}\n'
+    )
     assert data.read_captions(jsonl) == {"a.mp4": "sky", "b.mp4": "sea"}
     csv = tmp_path / "c.csv"
     csv.write_text('path,caption\na.mp4,"sky, blue"\n')
@@ -75,12 +77,18 @@ def test_latent_cache_round_trip_and_fingerprint(tmp_path):
     path = tmp_path / "latents.safetensors"
     data.save_clips(path, clips, {"videos": 3})
     loaded = data.load_clips(path, {"videos": 3})
-    assert loaded is not None and torch.equal(loaded.latents, clips.latents) and loaded.captions == clips.captions
+    assert (
+        loaded is not None
+        and torch.equal(loaded.latents, clips.latents)
+        and loaded.captions == clips.captions
+    )
     assert data.load_clips(path, {"videos": 4}) is None  # other settings: rebuilt
 
 
 def test_window_sampling():
-    latents = torch.arange(2 * 10, dtype=torch.float16).view(2, 10, 1, 1, 1).expand(2, 10, 4, 2, 2).contiguous()
+    latents = (
+        torch.arange(2 * 10, dtype=torch.float16).view(2, 10, 1, 1, 1).expand(2, 10, 4, 2, 2).contiguous()
+    )
     clips = data.LatentClips(latents, ["a", "b"], True)
     gen = torch.Generator().manual_seed(0)
     x, caps = clips.sample(gen, 16, 4, from_start=True)

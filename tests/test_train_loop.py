@@ -39,7 +39,9 @@ def test_training_updates_weights_and_ema(tmp_path):
     trainer.fit()
     assert trainer.step == 3
     changed = [k for k, v in trainer.params.items() if not torch.equal(v, before[k])]
-    assert "model.final_layer.linear.weight" in changed and any(k.startswith("text_encoder.") for k in changed)
+    assert "model.final_layer.linear.weight" in changed and any(
+        k.startswith("text_encoder.") for k in changed
+    )
     k = "model.final_layer.linear.weight"
     assert not torch.equal(trainer.ema[k], before[k]) and not torch.equal(trainer.ema[k], trainer.params[k])
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
@@ -76,8 +78,14 @@ def test_resume_is_exact(tmp_path):
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "train_helpers.py"), str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "train_helpers.py"),
+        str(tmp_path),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -87,5 +95,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     initial = tiny_trainer(tmp_path / "init", CPU).module.state_dict()
-    assert not torch.equal(initial["model.final_layer.linear.weight"], rank0["model.final_layer.linear.weight"])
+    assert not torch.equal(
+        initial["model.final_layer.linear.weight"], rank0["model.final_layer.linear.weight"]
+    )
     assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [2, 3]  # written once, by rank 0

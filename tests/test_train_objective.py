@@ -32,8 +32,12 @@ def test_prefix_batch_layout():
     assert torch.equal(clean.x_in[:, :, :5], x0[:, :, :5])  # clean prefix
     assert torch.equal(clean.x_in[:, :, 5:], clean.x_t[:, :, 5:])  # noisy frames
     assert torch.equal(clean.prefix_mask[:, :5], torch.ones(3, 5)) and clean.prefix_mask[:, 5:].sum() == 0
-    assert (clean.frame_t[:, :5] == 0).all() and torch.equal(clean.frame_t[:, 5:], clean.t[:, None].float().expand(3, 4))
-    perturbed = obj.make_prefix_batch(x0, 5, torch.Generator().manual_seed(1), diffusion, perturb_t=50, tpe_start=0)
+    assert (clean.frame_t[:, :5] == 0).all() and torch.equal(
+        clean.frame_t[:, 5:], clean.t[:, None].float().expand(3, 4)
+    )
+    perturbed = obj.make_prefix_batch(
+        x0, 5, torch.Generator().manual_seed(1), diffusion, perturb_t=50, tpe_start=0
+    )
     assert not torch.equal(perturbed.x_in[:, :, :5], x0[:, :, :5])
     assert (perturbed.frame_t[:, :5] == 0).all()  # perturbed prefixes keep the t = 0 label
     err = (perturbed.x_in[:, :, :5] - x0[:, :, :5]).std()

@@ -10,8 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ca2vdm_cli.cli import app
-from ca2vdm_cli.cli import commands  # noqa: F401  (registers the commands)
+from ca2vdm_cli.cli import (
+    app,
+    commands,  # noqa: F401  (registers the commands)
+)
 from ca2vdm_cli.modeldir import load_model_dir
 from ca2vdm_cli.train.checkpoint import list_checkpoints, load_checkpoint
 from ca2vdm_cli.train.loop import DistInfo

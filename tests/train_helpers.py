@@ -16,8 +16,8 @@ from ca2vdm_cli.train.loop import DistInfo, Trainer
 from ca2vdm_cli.train.objective import TextToVideoObjective
 from ca2vdm_cli.train.recipe import TrainSettings
 from ca2vdm_cli.train.run import dit_loss_fn
-from tests.factories import tiny_card, tiny_text_encoder
 from tests.conftest import tiny_model
+from tests.factories import tiny_card, tiny_text_encoder
 
 CAPTIONS = ["a red circle moving right", "a blue square moving up and a white circle moving left"]
 
@@ -34,8 +34,18 @@ def tiny_trainer(out: Path, info: DistInfo, steps: int = 4, **settings) -> Train
     card = tiny_card()
     model = tiny_model().train()
     text = tiny_text_encoder(card.model.caption_channels).train()
-    kw = dict(steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, ema_decay=0.9, checkpoint_every=2,
-              log_every=1, p_zero_prefix=0.2, text_dropout=0.3, tpe_random_start="all")
+    kw = dict(
+        steps=steps,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        ema_decay=0.9,
+        checkpoint_every=2,
+        log_every=1,
+        p_zero_prefix=0.2,
+        text_dropout=0.3,
+        tpe_random_start="all",
+    )
     train = TrainSettings(**{**kw, **settings})
     loss_fn, _ = dit_loss_fn(tiny_clips(), ByT5Tokenizer(), train, card)
     module = TextToVideoObjective(model, text, train_text=True)

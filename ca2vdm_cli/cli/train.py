@@ -125,7 +125,9 @@ def train(
         torch.set_num_threads(threads)
     recipe = override(load_recipe(config), set_ or [])
     info = init_distributed(device)
-    if not resume and any(list_checkpoints(out / "checkpoints" / s) for s in ("vae", "decoder", "dit") if s in chosen):
+    if not resume and any(
+        list_checkpoints(out / "checkpoints" / s) for s in ("vae", "decoder", "dit") if s in chosen
+    ):
         raise ConfigError(
             f"{out} already holds checkpoints; pass --resume to continue, or choose another --out"
         )

@@ -368,5 +368,7 @@ def train_all(
     if "export" not in stages:
         return None
     if init is None:  # ship the fine-tuned decoder (same encoder, so the same latent space)
-        vae = decoder_stage(recipe, out, info) if "decoder" in stages or (out / "vae-decoder").is_dir() else vae
+        vae = (
+            decoder_stage(recipe, out, info) if "decoder" in stages or (out / "vae-decoder").is_dir() else vae
+        )
     return export_stage(recipe, out, card, module, vae, tokenizer, info)
