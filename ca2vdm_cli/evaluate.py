@@ -165,6 +165,7 @@ def evaluate_model(
     num_frames: int,
     mode: str,
     cache_frames: int | None = None,
+    sampling=None,
     batch: int = 8,
     seed_base: int = 10**7,
     window: int = 40,
@@ -173,10 +174,11 @@ def evaluate_model(
     """Generate and score `num_prompts` held-out sprites scenes (seeds seed_base, seed_base+1, …).
 
     mode "image": the scene's first frame is given (as `--image first.png`); "text": text-to-video.
-    `cache_frames` overrides the card's queue size (1 = no long context). Returns `aggregate` rates."""
+    `sampling` replaces the card's sampling settings; `cache_frames` its queue size (1 = no long
+    context). Returns `aggregate` rates."""
     from ca2vdm_cli import sprites
 
-    sampling = components.card.sampling
+    sampling = sampling if sampling is not None else components.card.sampling
     if cache_frames is not None:
         sampling = sampling.replace(cache_frames=cache_frames)
     scores: list[VideoScores] = []

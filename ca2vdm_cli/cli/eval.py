@@ -67,12 +67,20 @@ def eval_(
     modes: Annotated[
         str, typer.Option(help="Comma-separated: image (first frame given), text.")
     ] = "image,text",
-    cache_one: Annotated[
-        bool, typer.Option(help="Also evaluate with the cache capped to 1 frame (no long context).")
-    ] = True,
+    caches: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated cache sizes: 'card' (the model's queue) and/or frame counts (1: none).",
+        ),
+    ] = "card,1",
     batch: Annotated[int, typer.Option(min=1, help="Videos generated together.")] = 8,
     seed_base: Annotated[int, typer.Option(help="First held-out seed (training uses seeds below 10^6).")] = 10
     ** 7,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the card's).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="iddpm | ddim (default: the card's).")] = None,
+    cfg_scale: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance (default: the card's).")
+    ] = None,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: torch's default).")] = 0,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -89,13 +97,23 @@ def eval_(
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     if not chosen or any(m not in ("image", "text") for m in chosen):
         raise InputError(f"--modes {modes!r}: use image, text or image,text")
+    sizes = []
+    for item in (c.strip() for c in caches.split(",") if c.strip()):
+        if item != "card" and not (item.isdigit() and int(item) >= 1):
+            raise InputError(f"--caches {caches!r}: use 'card' and/or frame counts >= 1, e.g. card,1")
+        sizes.append(None if item == "card" else int(item))
+    if not sizes:
+        raise InputError("--caches is empty; use card,1")
     if threads:
         torch.set_num_threads(threads)
     components = load_model_dir(_resolve_model(model), "cpu", torch.float32)
     if "text" in chosen and not components.card.text_to_video:
         raise InputError(f"model {components.card.name!r} cannot start from text; use --modes image")
     card = components.card
-    settings = [(m, None) for m in chosen] + ([(m, 1) for m in chosen] if cache_one else [])
+    overrides = {"steps": steps, "sampler": sampler, "cfg_scale": cfg_scale}
+    sampling = card.sampling.replace(**{k: v for k, v in overrides.items() if v is not None})
+    sampling.validate(card.model)
+    settings = [(m, cap) for cap in sizes for m in chosen]
     results: dict[str, dict[str, float]] = {
         "world": evaluate_world(prompts, frames, card.sampling.chunk, seed_base)
     }
@@ -113,6 +131,7 @@ def eval_(
                 num_frames=frames,
                 mode=mode,
                 cache_frames=cap,
+                sampling=sampling,
                 batch=batch,
                 seed_base=seed_base,
                 on_batch=report,
@@ -121,5 +140,14 @@ def eval_(
         results[name] = res
     _table(results)
     print(
-        json.dumps({"model": card.name, "prompts": prompts, "frames": frames, "results": results}), flush=True
+        json.dumps(
+            {
+                "model": card.name,
+                "prompts": prompts,
+                "frames": frames,
+                "sampling": sampling.to_dict(),
+                "results": results,
+            }
+        ),
+        flush=True,
     )
