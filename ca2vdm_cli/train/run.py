@@ -1,10 +1,11 @@
-"""The stages of `ca2vdm train`, each skipped when its output already exists:
+"""The stages of `ca2vdm train`, in order, each skipped when its output already exists:
 
-1. vae      train the sprites VAE (or load `vae.path`)                      -> OUT/vae/
-2. decoder  fine-tune its decoder only (latent space unchanged)             -> OUT/vae-decoder/
-   latents  encode the training clips once with OUT/vae's encoder           -> OUT/latents.safetensors
-   dit      train CausalSTDiT (+ the text encoder) with the clean-prefix objective -> OUT/checkpoints/dit/
-   export   EMA weights + VAE (with the fine-tuned decoder) + text encoder + card -> OUT/model/
+    vae      train the sprites VAE (or load `vae.path`)                        -> OUT/vae/
+    decoder  fine-tune its decoder only (the latent space does not change)     -> OUT/vae-decoder/
+    latents  encode the training clips once with OUT/vae's encoder             -> OUT/latents.safetensors
+    dit      train CausalSTDiT (+ text encoder) with the clean-prefix objective -> OUT/checkpoints/dit/
+    export   EMA weights + VAE (fine-tuned decoder) + text encoder + card      -> OUT/model/
+
 The decoder stage and the latents/dit stages only share OUT/vae, so they may run at the same time.
 """
 
@@ -75,7 +76,7 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
     scaling = 1.0 / vae_lib.latent_std(vae, info.device)
     vae.register_to_config(scaling_factor=scaling)
     report = vae_lib.reconstruction_report(vae, scaling, info.device)
-    logger.info("vae: scaling_factor=%.5f held-out mae=%.3f bad_pixels=%.5f", scaling, *report.values())
+    logger.info("vae: scaling_factor=%.5f mae=%.3f bad_pixels=%.5f", scaling, *report.values())
     if info.is_main:
         vae.save_pretrained(target)
         (out / "vae-report.json").write_text(json.dumps({"scaling_factor": scaling, **report}, indent=2))
@@ -126,7 +127,7 @@ def decoder_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: Log
     objective.load_state_dict(trainer.ema_state_dict())
     vae.eval()
     report = vae_lib.reconstruction_report(vae, float(vae.config.scaling_factor), info.device)
-    logger.info("decoder: held-out mae=%.3f bad_pixels=%.5f", *report.values())
+    logger.info("decoder: mae=%.3f bad_pixels=%.5f", *report.values())
     if info.is_main:
         vae.save_pretrained(target)
         (out / "decoder-report.json").write_text(json.dumps(report, indent=2))

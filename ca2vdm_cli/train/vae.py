@@ -1,7 +1,7 @@
 """Stage 1 of the sprites recipe: a small diffusers `AutoencoderKL` trained on frames of the sprites world.
 
 Reconstruction loss L1 + MSE on pixels in [-1, 1] plus a small KL term; the latent scaling factor is
-1 / std of the latent means of held-out frames, so the diffusion model sees unit-variance latents.
+1 / std of the latent means of random frames, so the diffusion model sees unit-variance latents.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ca2vdm_cli import sprites
 
 logger = logging.getLogger(__name__)
 
-TRAIN_SEEDS = 10**6  # training videos use seeds [0, TRAIN_SEEDS); evaluation uses seeds from EVAL_SEED_BASE
-EVAL_SEED_BASE = 10**7
+TRAIN_SEEDS = 10**6  # VAE frames come from seeds [0, TRAIN_SEEDS); `ca2vdm eval` uses seeds from 10^7
+REPORT_SEED = 10**7  # the generator seed of the frames used for the scaling factor and the report
 MAX_FRAME = 64  # frames are drawn from the first MAX_FRAME frames of each video
 
 
@@ -78,8 +78,8 @@ def vae_loss_fn(batch: int, latent_shape: tuple[int, int, int]):
 
 @torch.no_grad()
 def latent_std(vae: nn.Module, device: torch.device, frames: int = 256) -> float:
-    """Std of the latent means of `frames` held-out frames (the scaling factor is its inverse)."""
-    gen = torch.Generator().manual_seed(EVAL_SEED_BASE)
+    """Std of the latent means of `frames` random frames (the scaling factor is its inverse)."""
+    gen = torch.Generator().manual_seed(REPORT_SEED)
     x = to_pixels(sprite_frames(gen, frames)).to(device)
     z = torch.cat([vae.encode(part).latent_dist.mean for part in x.split(64)])
     return float(z.std())
@@ -87,8 +87,8 @@ def latent_std(vae: nn.Module, device: torch.device, frames: int = 256) -> float
 
 @torch.no_grad()
 def reconstruction_report(vae: nn.Module, scaling_factor: float, device: torch.device) -> dict[str, float]:
-    """Mean abs pixel error (0–255) and the fraction of pixels off by more than 32 on held-out frames."""
-    gen = torch.Generator().manual_seed(EVAL_SEED_BASE + 1)
+    """Mean abs pixel error (0–255) and the fraction of pixels off by more than 32 on 128 random frames."""
+    gen = torch.Generator().manual_seed(REPORT_SEED + 1)
     frames = sprite_frames(gen, 128)
     x = to_pixels(frames).to(device)
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample
