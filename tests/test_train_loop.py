@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -99,3 +100,13 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
         initial["model.final_layer.linear.weight"], rank0["model.final_layer.linear.weight"]
     )
     assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [2, 3]  # written once, by rank 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_step_on_cuda(tmp_path):
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"))
+    trainer = tiny_trainer(tmp_path, info, steps=2, mixed_precision="bf16")
+    assert trainer.amp_dtype == torch.bfloat16
+    trainer.fit()
+    assert trainer.step == 2 and all(torch.isfinite(v).all() for v in trainer.ema.values())

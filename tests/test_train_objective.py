@@ -81,3 +81,22 @@ def test_tpe_start():
     assert len({obj.draw_tpe_start(gen, 13, 13, "full") for _ in range(200)}) == 13
     assert len({obj.draw_tpe_start(gen, 5, 13, "all") for _ in range(200)}) == 13
     assert {obj.draw_tpe_start(gen, 13, 13, "none") for _ in range(50)} == {0}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    diffusion = Diffusion(1000)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            obj.enable_gradient_checkpointing(model)
+        x0 = torch.randn(2, 4, 6, *model.config.latent_size, generator=torch.Generator().manual_seed(3))
+        batch = obj.make_prefix_batch(x0, 2, torch.Generator().manual_seed(4), diffusion, 50, 1)
+        y, mask = caption(2, model.config)
+        out = model(batch.x_in, batch.frame_t, y, mask, prefix_mask=batch.prefix_mask, tpe_start=1)
+        obj.prefix_loss(diffusion, out, batch)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert set(model.state_dict()) == set(tiny_model().state_dict())  # official keys unchanged
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=1e-6, rtol=1e-5), name

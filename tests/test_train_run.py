@@ -85,3 +85,39 @@ def test_recipe_overrides_and_errors(tmp_path):
     toml.write_text('[card]\nname = "x"\n[data]\nkind = "sprites"\n[train]\nsteps = 0\n')
     res = runner.invoke(app, ["train", "--config", str(toml), "--out", str(tmp_path)])
     assert res.exit_code != 0 and "steps must be >= 1" in str(res.exception)
+
+
+def test_init_from_model_dir_on_a_video_folder(tmp_path):
+    """--init DIR + data from a folder of real MP4s: fine-tunes the transformer, keeps the text encoder
+    frozen, and exports a loadable model directory."""
+    from tests.factories import write_tiny_model_dir
+    from tests.test_train_data import write_mp4
+
+    torch.set_num_threads(1)
+    init = write_tiny_model_dir(tmp_path / "init")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_mp4(videos / name, 14, 40, 32)
+    (videos / "captions.csv").write_text("path,caption\na.mp4,a grey fade\nb.mp4,another fade\n")
+    recipe = {
+        "name": "ft",
+        "seed": 0,
+        "card": {"name": "unused"},
+        "data": {
+            "kind": "videos",
+            "dir": str(videos),
+            "captions": str(videos / "captions.csv"),
+            "clip_frames": 12,
+            "stride": 1,
+            "size": 32,
+        },
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1},
+    }
+    out = train_all(recipe, tmp_path / "run", CPU, init=str(init), stages=("latents", "dit", "export"))
+    before, after = load_model_dir(init), load_model_dir(out)
+    assert after.card == before.card
+    w = "final_layer.linear.weight"
+    assert not torch.equal(before.model.state_dict()[w], after.model.state_dict()[w])
+    for name, value in before.text_encoder.state_dict().items():
+        assert torch.equal(after.text_encoder.state_dict()[name], value), name  # frozen by default
