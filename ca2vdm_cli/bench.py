@@ -216,8 +216,10 @@ class Bench:
             step_peaks = [traced[f"ar-step-{k}"] for k in range(len(gaps[2:]) // 2)]
         text_s, encode_s, rest = gaps[0], gaps[1], gaps[2:]
         step_s, decode_s = rest[0::2], rest[1::2]
+        cpu = clock.cpu_intervals()
         return Run(
             step_s=step_s,
+            step_cpu_s=None if cpu is None else cpu[2::2],
             step_peak_bytes=step_peaks if (cuda or tracer is not None) else None,
             peak_bytes=max(peaks),
             e2e_s=sum(gaps),

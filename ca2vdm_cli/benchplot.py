@@ -33,7 +33,11 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     for engine in report["engines"]:
         steps = range(1, len(engine["step_s"]) + 1)
-        ax_time.plot(steps, engine["step_s"], marker="o", label=engine["engine"])
+        line = ax_time.plot(steps, engine["step_s"], marker="o", label=f"{engine['engine']} (wall)")[0]
+        if engine.get("step_cpu_s"):  # CPU runs: the process's CPU time, insensitive to other load
+            ax_time.plot(
+                steps, engine["step_cpu_s"], "--", color=line.get_color(), label=f"{engine['engine']} (CPU)"
+            )
         working = [b / 2**20 for b in engine["step_peak_bytes"]]
         ax_mem.plot(steps, working, marker="o", label=engine["engine"])
     full = report["engines"][0]["first_full_step"] + 1
@@ -41,7 +45,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
         ax.axvline(full, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(f"AR step (chunk of {settings['sampling']['chunk']} frames); dotted: queue full")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_time.set_ylabel("seconds per AR step")
     ax_time.set_ylim(bottom=0)

@@ -15,6 +15,7 @@ class Run:
     """One timed run of one engine (seconds, bytes)."""
 
     step_s: list[float]
+    step_cpu_s: list[float] | None  # process CPU time per AR step (CPU device only)
     step_peak_bytes: list[int] | None  # per AR step, above the step's start (None: not measured)
     peak_bytes: int  # CUDA max allocated / host peak RSS over the run
     e2e_s: float
@@ -47,6 +48,9 @@ def summarise(result: EngineResult, frames: int, first_full: int, peak_flops: fl
     measured = [r.step_peak_bytes for r in [*runs, *result.memory_runs] if r.step_peak_bytes is not None]
     step_peaks = [max(m[k] for m in measured) for k in range(len(steps))] if measured else [0] * len(steps)
     denoise_s = _stat([sum(r.step_s) for r in runs], stat)
+    cpu_runs = [r.step_cpu_s for r in runs if r.step_cpu_s is not None]
+    cpu = _stat([sum(c) for c in cpu_runs], stat) if cpu_runs else None
+    step_cpu = [_stat([c[k] for c in cpu_runs], stat) for k in range(len(steps))] if cpu_runs else None
     e2e_s = _stat([r.e2e_s for r in runs], stat)
     achieved = result.flops.total / denoise_s if denoise_s > 0 else None
     optional = {
@@ -56,6 +60,7 @@ def summarise(result: EngineResult, frames: int, first_full: int, peak_flops: fl
     full = min(first_full, len(steps) - 1)
     return {
         "denoise_s": denoise_s,
+        "denoise_cpu_s": cpu,
         "e2e_s": e2e_s,
         "denoise_fps": frames / denoise_s,
         "e2e_fps": frames / e2e_s,
@@ -67,6 +72,8 @@ def summarise(result: EngineResult, frames: int, first_full: int, peak_flops: fl
         "last_over_first_step": steps[-1] / steps[0],
         "first_full_step": full,
         "last_over_first_full_step": steps[-1] / steps[full],
+        "step_cpu_s": step_cpu,
+        "last_over_first_full_step_cpu": None if step_cpu is None else step_cpu[-1] / step_cpu[full],
         "steady_peak_ratio": max(step_peaks[full:]) / max(1, min(step_peaks[full:])),
         "flops": result.flops.total,
         "denoise_step_flops": result.flops.denoise_step,
@@ -102,14 +109,17 @@ class Report:
 
 
 def speedups(results: list[EngineResult]) -> dict[str, dict[str, dict[str, float]]]:
-    """speedups[baseline][engine] = {"denoise": baseline time / engine time, "e2e": ...}."""
+    """speedups[baseline][engine] = {"denoise": baseline time / engine time, "e2e": ..., and on the CPU
+    "denoise_cpu": the same ratio of process CPU times}."""
     by_name = {r.engine: r.summary for r in results}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for baseline in ("recompute", "recompute-full"):
         if baseline in by_name:
             base = by_name[baseline]
-            out[baseline] = {
-                name: {"denoise": base["denoise_s"] / s["denoise_s"], "e2e": base["e2e_s"] / s["e2e_s"]}
-                for name, s in by_name.items()
-            }
+            out[baseline] = {}
+            for name, s in by_name.items():
+                ratios = {"denoise": base["denoise_s"] / s["denoise_s"], "e2e": base["e2e_s"] / s["e2e_s"]}
+                if s["denoise_cpu_s"] and base["denoise_cpu_s"]:
+                    ratios["denoise_cpu"] = base["denoise_cpu_s"] / s["denoise_cpu_s"]
+                out[baseline][name] = ratios
     return out

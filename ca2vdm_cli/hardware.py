@@ -12,6 +12,7 @@ import itertools
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,20 @@ def _can_reset_hwm() -> bool:
     return _status_kib("VmHWM") > 0
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration (for chatter printed by native code)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TensorTrace:
     """Peak bytes of live CPU tensors above each window's start, from the profiler's allocation events.
     Exact and independent of the C allocator, but the profiler slows the traced code: use it on untimed
@@ -128,11 +143,13 @@ class TensorTrace:
         from torch.profiler import ProfilerActivity, profile
 
         self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._profile.__enter__()
+        with _native_stderr_silenced():  # kineto prints profiler_start/stop lines from C++
+            self._profile.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._profile.__exit__(*exc)
+        with _native_stderr_silenced():
+            self._profile.__exit__(*exc)
 
     @contextlib.contextmanager
     def window(self, name: str) -> Iterator[None]:
@@ -166,11 +183,13 @@ class TensorTrace:
 # ----------------------------------------------------------------------------- timing
 class StepTimer:
     """Wall time of consecutive intervals. On CUDA the boundaries are events on the current stream, read
-    once at the end, so timing adds no host synchronisation between steps; on the CPU, perf_counter."""
+    once at the end, so timing adds no host synchronisation between steps; on the CPU, perf_counter, and
+    the process's CPU time too (robust to other load on a shared machine: time this process computed)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self._marks: list[Any] = []
+        self._cpu: list[float] = []
 
     def mark(self) -> None:
         if self.cuda:
@@ -179,6 +198,7 @@ class StepTimer:
             self._marks.append(event)
         else:
             self._marks.append(time.perf_counter())
+            self._cpu.append(time.process_time())
 
     def intervals(self) -> list[float]:
         """Seconds between consecutive marks (synchronises on CUDA)."""
@@ -187,6 +207,12 @@ class StepTimer:
                 self._marks[-1].synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in zip(self._marks, self._marks[1:], strict=False)]
         return [b - a for a, b in zip(self._marks, self._marks[1:], strict=False)]
+
+    def cpu_intervals(self) -> list[float] | None:
+        """Process CPU seconds between consecutive marks (all threads), or None on CUDA."""
+        if self.cuda:
+            return None
+        return [b - a for a, b in zip(self._cpu, self._cpu[1:], strict=False)]
 
 
 # ----------------------------------------------------------------------------- throughput

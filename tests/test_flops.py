@@ -64,16 +64,16 @@ def test_single_passes_match_the_flop_counter(name):
 def test_whole_runs_match_the_flop_counter(engine, prefix_frames):
     model = tiny_model()
     cfg = model.config
-    config = SamplingConfig(steps=2, chunk=4, cache_frames=6, cfg_scale=3.0)
+    config = SamplingConfig(steps=2, chunk=4, cache_frames=5, cfg_scale=3.0)
     y, mask = caption(1, cfg)
     prefix = torch.randn(1, 4, prefix_frames, 8, 8) if prefix_frames else None
-    runner = make_engine(engine, model, 2, 6, chunk_frames=4)
-    kw = dict(num_frames=14, seeds=[0], prefix=prefix, y=y, y_mask=mask, engine=runner)
+    runner = make_engine(engine, model, 2, 5, chunk_frames=4)
+    kw = dict(num_frames=10, seeds=[0], prefix=prefix, y=y, y_mask=mask, engine=runner)
     total = counted(lambda: list(sample_video(model, config, **kw)))
     expected = run_flops(
-        cfg, engine, rows=2, prefix_frames=prefix_frames, chunks=chunk_lengths(14, 4), steps=2, cache_frames=6
+        cfg, engine, rows=2, prefix_frames=prefix_frames, chunks=chunk_lengths(10, 4), steps=2, cache_frames=5
     )
-    assert len(expected.per_ar_step) == 4
+    assert len(expected.per_ar_step) == 3  # chunks of 4, 4, 2; the queue of 5 evicts from the third
     assert total == expected.total
 
 

@@ -144,3 +144,38 @@ def test_graphed_step_replays_exactly_what_eager_computes(overrides):
     assert backend.captures == 2 and backend.replays == 2 * 3 * 3
     for a, b, c in zip(eager, first, second, strict=True):
         assert torch.allclose(a, b, atol=1e-5) and torch.equal(b, c)
+
+
+@pytest.mark.slow
+def test_the_cached_step_compiles_to_one_graph_per_plan_key():
+    """Dynamo traces `run_step` without graph breaks (no host reads) and reuses the graph for every AR step
+    and video with the same shapes: queue sizes 1, 5, 5 (full) → two graphs, however many steps."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_model()
+    step = torch.compile(model.run_step, backend="eager", dynamic=False, fullgraph=True)
+    engine = make_engine("cache", model, 2, 5, chunk_frames=4, step=step)
+    config = SamplingConfig(steps=2, chunk=4, cache_frames=5, cfg_scale=2.0)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    eager = run(model, config, make_engine("cache", model, 2, 5, chunk_frames=4), frames=16)
+    for _ in range(2):
+        engine.reset()
+        compiled = run(model, config, engine, frames=16)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, compiled, strict=True))
+
+
+@pytest.mark.slow
+def test_the_compiled_full_forward_serves_the_recompute_engines():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_model()
+    forward = torch.compile(model.forward, backend="eager")
+    config = SamplingConfig(steps=2, chunk=4, cache_frames=5)
+    for name in ("recompute", "recompute-full"):
+        eager = run(model, config, name, frames=16)
+        compiled = run(model, config, make_engine(name, model, 1, 5, forward=forward), frames=16)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, compiled, strict=True))

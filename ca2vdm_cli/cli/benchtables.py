@@ -51,29 +51,46 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(_curve_table(report["engines"]))
 
 
+def _ratios(r: dict[str, float]) -> str:
+    text = f"{r['denoise']:.2f} / {r['e2e']:.2f}"
+    return text + (f" ({r['denoise_cpu']:.2f} CPU)" if "denoise_cpu" in r else "")
+
+
 def _speed_table(engines: list[dict[str, Any]], speedups: dict[str, Any]) -> Table:
     table = Table(title="speed (denoise = the transformer loop incl. cache writes; e2e adds text + VAE)")
-    for name in ("engine", "denoise s", "frames/s denoise", "e2e s", "frames/s e2e", "1st chunk s"):
+    cpu = engines[0]["denoise_cpu_s"] is not None
+    columns = [
+        "engine",
+        "denoise s",
+        *(["CPU s"] if cpu else []),
+        "frames/s denoise",
+        "e2e s",
+        "frames/s e2e",
+    ]
+    for name in [*columns, "1st chunk s"]:
         table.add_column(name, justify="right" if name != "engine" else "left")
     for base in speedups:
         table.add_column(f"× vs {base}", justify="right")
     table.add_column("last/first step (queue full)", justify="right")
     for e in engines:
-        ratios = [
-            f"{speedups[b][e['engine']]['denoise']:.2f} / {speedups[b][e['engine']]['e2e']:.2f}"
-            for b in speedups
-        ]
+        ratios = [_ratios(speedups[b][e["engine"]]) for b in speedups]
         table.add_row(
             e["engine"],
             _s(e["denoise_s"]),
+            *([_s(e["denoise_cpu_s"])] if cpu else []),
             f"{e['denoise_fps']:.2f}",
             _s(e["e2e_s"]),
             f"{e['e2e_fps']:.2f}",
             f"{e['first_chunk_s']:.2f} / {e['e2e_first_chunk_s']:.2f}",
             *ratios,
-            f"{e['last_over_first_full_step']:.2f}",
+            f"{e['last_over_first_full_step']:.2f}"
+            + (f" ({e['last_over_first_full_step_cpu']:.2f} CPU)" if cpu else ""),
         )
-    table.caption = "1st chunk: denoise / e2e · speedups: denoise / e2e"
+    table.caption = "1st chunk: denoise / e2e · speedups: denoise / e2e" + (
+        " · CPU s: process CPU time of the denoise loop (all threads; insensitive to other load)"
+        if cpu
+        else ""
+    )
     return table
 
 
@@ -124,12 +141,13 @@ def _memory_table(engines: list[dict[str, Any]], per_step_cache: dict[str, Any] 
 def _curve_table(engines: list[dict[str, Any]]) -> Table:
     table = Table(title="per AR step: seconds (write previous chunk + denoise this one) · working memory")
     table.add_column("AR step", justify="right")
+    cpu = engines[0]["step_cpu_s"] is not None
     for e in engines:
-        table.add_column(f"{e['engine']} s", justify="right")
+        table.add_column(f"{e['engine']} s" + (" (CPU s)" if cpu else ""), justify="right")
     for e in engines:
         table.add_column(f"{e['engine']} mem", justify="right")
     for k in range(len(engines[0]["step_s"])):
-        times = [f"{e['step_s'][k]:.3f}" for e in engines]
+        times = [f"{e['step_s'][k]:.3f}" + (f" ({e['step_cpu_s'][k]:.3f})" if cpu else "") for e in engines]
         peaks = [human_bytes(e["step_peak_bytes"][k]) for e in engines]
         table.add_row(str(k + 1), *times, *peaks)
     return table
