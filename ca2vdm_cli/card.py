@@ -10,7 +10,16 @@ A model directory is what `ca2vdm generate --model DIR` loads, what `ca2vdm trai
                                  card says tokenizer = "byt5": the file-free ByT5Tokenizer)
 
 Downloadable presets (`weights/<name>.json`) use the same card with a `sources` table saying where each
-file comes from (Hub repo, filename, revision, size, sha256, licence).
+file comes from (Hub repo, filename, revision, size, sha256, licence). Parts: `transformer`, `vae`,
+`text_encoder`, `tokenizer` (files linked into text_encoder/). Each part (validated by presets.parse_sources):
+
+    repo      Hub repo id; absent for a local-only transformer (given with --weights PATH)
+    revision  pinned 40-hex commit sha
+    files     [{path, size (exact bytes or null), approx_size (bytes as the Hub page rounds them),
+                sha256 (64 hex or null when unknown: then the Hub's own checksum is checked), note}]
+    format    transformer only: "opensora-v1" (converted, spec §6.4) | "ca2vdm-official" (a CausalSTDiT2
+              checkpoint, strict) | "ca2vdm" (already transformer.safetensors)
+    license, params (parameter count, for memory planning), notes
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
-"""Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically,
-and shard them across ranks. Pure Python (no torch).
+"""Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically
+(refusing a second item with the same output), and shard them across ranks. Pure Python (no torch).
 
-Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`, `frames`, `seed`, `out`,
-`steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`, `fps`); blank lines and
-`#` comments are skipped. A line that cannot be used becomes an item carrying its error, so the batch
-reports it and goes on.
+Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`,
+`frames`, `seed`, `out`, `steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`,
+`fps`); blank lines and `#` comments are skipped. A line that cannot be used becomes an item carrying
+its error, so the batch reports it and goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -117,6 +118,23 @@ def output_name(item: JobItem) -> str:
 
 def output_path(item: JobItem, out_dir: Path) -> Path:
     return Path(item.out) if item.out else out_dir / output_name(item)
+
+
+def mark_duplicate_outputs(items: list[JobItem], out_dir: Path) -> None:
+    """Give every item whose output path an earlier item already has an error, so that no file is rendered
+    twice (same prompt, image and seed, or the same `out`)."""
+    first: dict[str, JobItem] = {}
+    for item in items:
+        if item.error:
+            continue
+        key = os.path.abspath(output_path(item, out_dir))
+        if key in first:
+            item.error = (
+                f"line {item.line}: same output as line {first[key].line} ({output_path(item, out_dir)}); "
+                "give it another seed or its own 'out'"
+            )
+        else:
+            first[key] = item
 
 
 def shard(items: list[JobItem], rank: int, world_size: int) -> list[JobItem]:

@@ -4,6 +4,7 @@ file-free ByT5Tokenizer, CausalSTDiT) and a complete model directory on disk, fo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,15 +48,18 @@ def tiny_text_encoder(d_model: int = 32, seed: int = 0):
     return T5EncoderModel(config).eval()
 
 
-def tiny_card(name: str = "tiny", **model_overrides) -> ModelCard:
+def tiny_card(
+    name: str = "tiny", card_overrides: dict[str, Any] | None = None, **model_overrides
+) -> ModelCard:
+    """The tiny model's card (frames are 4× the latent size); `card_overrides` replaces card fields."""
     cfg = tiny_config(**model_overrides)
-    return ModelCard(
+    fields: dict[str, Any] = dict(
         name=name,
         model=cfg,
         sampling=SamplingConfig(steps=3, sampler="ddim", chunk=4, cache_frames=8, prefix_perturb_t=50),
         fps=8,
-        height=32,
-        width=32,
+        height=4 * cfg.latent_size[0],
+        width=4 * cfg.latent_size[1],
         vae_scaling_factor=0.5,
         vae_downsample=4,
         text_max_length=cfg.model_max_length,
@@ -63,13 +67,14 @@ def tiny_card(name: str = "tiny", **model_overrides) -> ModelCard:
         text_to_video=True,
         description="random tiny test model",
     )
+    return ModelCard(**{**fields, **(card_overrides or {})})
 
 
-def write_tiny_model_dir(path: Path, **model_overrides) -> Path:
+def write_tiny_model_dir(path: Path, card_overrides: dict[str, Any] | None = None, **model_overrides) -> Path:
     """A complete, loadable model directory with random weights."""
     from ca2vdm_cli.modeldir import save_model_dir
 
-    card = tiny_card(**model_overrides)
+    card = tiny_card(card_overrides=card_overrides, **model_overrides)
     model = tiny_model(**model_overrides)
     text = tiny_text_encoder(card.model.caption_channels) if card.model.has_text else None
     return save_model_dir(path, card, model, tiny_vae(), text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ca2vdm_cli.jobs import output_name, output_path, parse_jobs, shard, slugify
+from ca2vdm_cli.jobs import mark_duplicate_outputs, output_name, output_path, parse_jobs, shard, slugify
 
 SOURCE = """\
 # sky shots
@@ -69,3 +69,22 @@ def test_sharding_renders_every_item_exactly_once():
     indices = sorted(i.index for s in shards for i in s)
     assert indices == list(range(11))
     assert [len(s) for s in shards] == [4, 4, 3]
+
+
+def test_items_with_the_same_output_are_refused_after_the_first():
+    items = parse_jobs(
+        [
+            "a red circle",
+            '{"prompt": "a red circle", "frames": 9}',  # same prompt + seed: same name
+            '{"prompt": "a red circle", "seed": 1}',
+            '{"prompt": "x", "out": "renders/own.mp4"}',
+            '{"prompt": "y", "out": "./renders/own.mp4"}',
+            "{broken",
+        ]
+    )
+    mark_duplicate_outputs(items, Path("renders"))
+    errors = [i.error for i in items]
+    assert errors[0] is None and errors[2] is None and errors[3] is None
+    assert errors[1].startswith("line 2: same output as line 1 (renders/a-red-circle-")
+    assert errors[4].startswith("line 5: same output as line 4 (renders/own.mp4)")
+    assert errors[5].startswith("line 6: invalid JSON")  # its own error is kept

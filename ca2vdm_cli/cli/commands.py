@@ -1,3 +1,3 @@
 """Imports every command module so that each registers itself on the app."""
 
-from ca2vdm_cli.cli import bench  # noqa: F401
+from ca2vdm_cli.cli import batch, bench, download, generate, info, models  # noqa: F401

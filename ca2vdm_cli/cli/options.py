@@ -1,0 +1,73 @@
+"""Option declarations shared by the rendering commands (`generate`, `batch`): each flag is declared once as
+an `Annotated` alias, so both commands spell, type-check and document it the same way. Light: Typer only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+# ----------------------------------------------------------------------------- what to render
+Prompt = Annotated[str | None, typer.Option("--prompt", "-p", metavar="TEXT", help="What the video shows.")]
+Image = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--image",
+        "-i",
+        metavar="PATH",
+        help="First frame (repeat for a few leading frames); resized/cropped.",
+    ),
+]
+Frames = Annotated[
+    int | None,
+    typer.Option(help="Total frames in the video, the --image frame(s) included. [default: 49]"),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(metavar="NAME|DIR", help="Preset name or local model directory. [default: sprites]"),
+]
+
+# ----------------------------------------------------------------------------- sampling
+Steps = Annotated[int | None, typer.Option(help="Denoising steps per chunk. [default: model card]")]
+Sampler = Annotated[Literal["iddpm", "ddim"] | None, typer.Option(help="Sampler. [default: model card]")]
+CfgScale = Annotated[
+    float | None, typer.Option(help="Classifier-free guidance scale; 1 = off. [default: model card]")
+]
+Chunk = Annotated[int | None, typer.Option(help="Frames per AR step. [default: model card]")]
+CacheFrames = Annotated[
+    int | None, typer.Option(help="Clean frames kept in the KV cache. [default: model card]")
+]
+PrefixPerturbT = Annotated[
+    int | None, typer.Option(help="Noise level (0-999) of frames written to the cache. [default: card]")
+]
+
+# ----------------------------------------------------------------------------- where and how
+Device = Annotated[
+    str | None, typer.Option(metavar="auto|cpu|cuda[:i]", help="Where to run. [default: auto]")
+]
+Dtype = Annotated[
+    Literal["auto", "fp32", "bf16", "fp16"] | None,
+    typer.Option(help="Weights/cache precision; auto = bf16 on CUDA, fp32 on CPU. [default: auto]"),
+]
+TextEncoder = Annotated[
+    Literal["device", "cpu", "free"] | None,
+    typer.Option(
+        "--text-encoder",
+        help="T5 on the run device, kept on the CPU, or freed after encoding. [default: device]",
+    ),
+]
+
+# ----------------------------------------------------------------------------- the video file
+Fps = Annotated[float | None, typer.Option(help="Frames per second. [default: model card]")]
+Crf = Annotated[
+    int | None,
+    typer.Option(help="Quality, lower is better: h264 0-51, av1 0-63, mpeg4 2-31. [default: 20, 35, 3]"),
+]
+Codec = Annotated[Literal["h264", "av1", "mpeg4"] | None, typer.Option(help="Video codec. [default: h264]")]
+
+# ----------------------------------------------------------------------------- behaviour
+Config = Annotated[Path | None, typer.Option(help="TOML file of settings (flags take precedence).")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Consent to downloading the model if needed.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
