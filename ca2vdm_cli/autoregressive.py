@@ -58,7 +58,7 @@ class CacheEngine:
     ) -> None:
         self.model = model
         self.cache = model.new_cache(rows, cache_frames, chunk_frames)
-        self.step = step or model.run_step
+        self.step = step  # None: model.denoise with the AR step's plan
         self._plan: CachedStep | None = None
 
     def reset(self) -> None:
@@ -73,6 +73,8 @@ class CacheEngine:
     def predict(self, x: Tensor, t: Tensor, y: Tensor | PreparedText | None, y_mask: Tensor | None) -> Tensor:
         if self._plan is None or self._plan.n_new != x.shape[2]:
             self._plan = self.model.plan_step(self.cache, x.shape[2], write=False)
+        if self.step is None:
+            return self.model.denoise(self.cache, x, t, y, y_mask, plan=self._plan)
         text = self.model.prepare_text(y, y_mask, x.shape[0])  # a no-op for a prepared caption
         out = self.step(self._plan, x, t, text)
         assert out is not None

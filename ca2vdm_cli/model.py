@@ -130,9 +130,7 @@ class CausalSTDiT(nn.Module):
         x = x.to(self.x_embedder.proj.weight.dtype)
         return self.x_embedder(x) + self.pos_embed[:, None]  # (B, T, S, C)
 
-    def _text(
-        self, y: Tensor | PreparedText | None, y_mask: Tensor | None, batch: int
-    ) -> PreparedText | None:
+    def _text(self, y: Caption, y_mask: Tensor | None, batch: int) -> PreparedText | None:
         if isinstance(y, PreparedText):
             if y.tokens.shape[0] != batch:
                 raise ValueError(f"the prepared caption has batch {y.tokens.shape[0]}, latents have {batch}")
@@ -241,15 +239,12 @@ class CausalSTDiT(nn.Module):
         B, T = prefix.shape
         causal = torch.ones(T, T, dtype=torch.bool, device=prefix.device).tril()
         mask = causal[None] | ~prefix[:, :, None]  # (B, T, T)
-        S = self.config.tokens_per_frame
-        return FullTemporal(
-            causal=False, mask=mask[:, None].expand(B, S, T, T).reshape(B * S, 1, T, T), rope=rope
-        )
+        mask = mask[:, None].expand(B, self.config.tokens_per_frame, T, T).flatten(0, 1)[:, None]
+        return FullTemporal(causal=False, mask=mask, rope=rope)  # mask (B·S, 1, T, T)
 
     def _full_spatial(self, num_prefix: Tensor | int, B: int, T: int, device: torch.device) -> FullSpatial:
-        """Context frames per frame (spec §1.4c): prefix frames see themselves (prev_frames_N) or frame 0
-        (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; nothing when P = 0.
-        `num_prefix` (B,) or one int for all samples; nothing here reads a tensor back to the host."""
+        """Context frames per frame (spec §1.4c), no host sync: prefix frames see themselves (prev_frames_N)
+        or frame 0 (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; none when P = 0."""
         N = self.config.pe_frames
         frame = torch.arange(T, device=device)
         if isinstance(num_prefix, int):
@@ -267,8 +262,8 @@ class CausalSTDiT(nn.Module):
 
     # ------------------------------------------------------------------ cached inference
     def new_cache(self, batch_size: int, max_frames: int, chunk_frames: int = 0) -> KVCache:
-        """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) holding at most `max_frames` frames,
-        with scratch slots for chunks of up to `chunk_frames` frames (see `KVCache`)."""
+        """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) of at most `max_frames` frames, with
+        scratch slots for chunks of up to `chunk_frames` frames (see `KVCache`)."""
         cfg = self.config
         param = self.x_embedder.proj.weight
         return KVCache(
@@ -304,9 +299,8 @@ class CausalSTDiT(nn.Module):
         return CachedStep(n_new, write, self._tpe(cache.frames_written, n_new), mask_feat, temporal, spatial)
 
     def run_step(self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None) -> Tensor | None:
-        """One cached pass: x (B, c, n_new, H, W) at timesteps t (B,). Returns the prediction
-        (B, c_out, n_new, H, W) float32, or None for a write plan (whose K|V went into the cache; the
-        caller advances it). Pure tensor code: no host synchronisation, shapes fixed by the plan."""
+        """One cached pass: x (B, c, n_new, H, W) at timesteps t (B,) -> (B, c_out, n_new, H, W) float32, or
+        None for a write plan (K|V stored; the caller advances the cache). No host syncs, static shapes."""
         tokens = self._embed_frames(x)  # (B, T, S, C)
         t_emb, t_mlp = self.embed_timesteps(t)  # (B, 1, C), (B, 1, 6C)
         frames = FrameInputs(step.tpe, step.mask_feat, text)
@@ -322,15 +316,24 @@ class CausalSTDiT(nn.Module):
             raise ValueError(f"cache was made for batch {cache.batch_size}, latents have batch {x.shape[0]}")
 
     def denoise(
-        self, cache: KVCache, x: Tensor, t: Tensor, y: Caption = None, y_mask: Tensor | None = None
+        self,
+        cache: KVCache,
+        x: Tensor,
+        t: Tensor,
+        y: Caption = None,
+        y_mask: Tensor | None = None,
+        plan: CachedStep | None = None,
     ) -> Tensor:
-        """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the
-        cached clean frames. The cache is not modified. Returns (B, c_out, l, H, W) float32."""
+        """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the cache
+        (never modified) with this AR step's `plan` (made here if None). Returns (B, c_out, l, H, W) fp32."""
         if t.dim() != 1:
             raise ValueError(f"denoise takes one timestep per sample, t of shape (B,), got {tuple(t.shape)}")
         self._check_cached(cache, x)
+        if plan is not None and (plan.write or plan.n_new != x.shape[2]):
+            raise ValueError(f"the plan is for writing {plan.n_new} frames, not denoising {x.shape[2]}")
         text = self._text(y, y_mask, x.shape[0])
-        out = self.run_step(self.plan_step(cache, x.shape[2], write=False), x, t.to(x.device), text)
+        plan = plan or self.plan_step(cache, x.shape[2], write=False)
+        out = self.run_step(plan, x, t.to(x.device), text)
         assert out is not None
         return out
 
