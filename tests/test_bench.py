@@ -98,7 +98,7 @@ def test_bench_on_a_model_directory_with_json_on_stdout(monkeypatch, capsys, tmp
         (["--arch", "tiny", "--engines", "cache,fast"], "--engines cache,fast: choose from"),
         (["--arch", "huge"], "--arch 'huge' is not one of"),
         (["--arch", "tiny", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device"),
-        (["--arch", "tiny", "--dtype", "fp8"], "--dtype 'fp8' is not one of"),
+        (["--arch", "tiny", "--device", "tpu"], "--device 'tpu' is not one of"),
         (["--arch", "tiny", "--stat", "mean"], "--stat mean: use median or min"),
         (["--model", "./no/such/dir"], "--model './no/such/dir'"),
         (["--arch", "tiny", "--model", "x"], "pass one of them"),

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ca2vdm_cli.cli import app
+from ca2vdm_cli.cli import app, options
 from ca2vdm_cli.errors import InputError
 
 EPILOG = (
@@ -45,10 +45,8 @@ def bench(
     engines: Annotated[
         str, typer.Option(help="Comma-separated engines: cache, recompute, recompute-full.")
     ] = "cache,recompute,recompute-full",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
-    ] = "auto",
+    device: options.Device = None,
+    dtype: options.Dtype = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising step.")] = False,
     cuda_graphs: Annotated[
         bool, typer.Option("--cuda-graphs", help="Capture the cached denoising step in CUDA graphs.")
@@ -77,7 +75,7 @@ def bench(
     peak: Annotated[
         bool, typer.Option(help="Measure the matmul peak (about 1 s) for model-FLOPs utilisation.")
     ] = True,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: options.Debug = False,
 ) -> None:
     """Time cache / recompute / recompute-full side by side: seconds, frames/s, time to first chunk,
     time and peak memory per AR step, KV-cache bytes, FLOPs, MFU and speedups."""
@@ -93,8 +91,10 @@ def bench(
         check_available()
     if threads is not None:
         torch.set_num_threads(threads)
+    from ca2vdm_cli.runtime import resolve_device, resolve_dtype
+
     names = tuple(e.strip() for e in engines.split(",") if e.strip())
-    dev = _device(device)
+    dev = resolve_device(device or "auto")
     if cuda_graphs and dev.type != "cuda":
         raise InputError(
             f"--cuda-graphs needs a CUDA device, not {dev}; drop --cuda-graphs or use --device cuda"
@@ -118,7 +118,7 @@ def bench(
         arch,
         random_weights=random_weights,
         device=dev,
-        dtype=_dtype(dtype, dev),
+        dtype=resolve_dtype(dtype or "auto", dev),
         seed=seed,
         text_on_cpu=text_on_cpu,
     )
@@ -155,30 +155,3 @@ def _console() -> Any:
     if not console.is_terminal:
         console = Console(stderr=True, width=150)  # logs and pipes: do not squeeze the tables to 80
     return console
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    name = name.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        return torch.device(name)
-    raise InputError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N")
-
-
-def _dtype(name: str, device: Any) -> Any:
-    import torch
-
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    name = name.strip().lower()
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in table:
-        raise InputError(f"--dtype {name!r} is not one of auto, fp32, bf16, fp16")
-    return table[name]
