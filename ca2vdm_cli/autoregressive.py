@@ -6,16 +6,21 @@ Engines share the loop and differ only in how a denoising step sees the clean fr
   recompute       no cache; the last ≤ L_max clean frames are re-run at every step (OS-Ext baseline)
   recompute-full  no cache and no cap: the condition grows with the video (the quadratic case)
 
-Noise comes from `noise.seeded_noise`, keyed by (seed, purpose, chunk index).
+Noise comes from `noise.seeded_noise`, keyed by (seed, purpose, chunk index); the next chunk's noise is
+drawn on the host while the device is still busy with the current chunk. The caption is prepared once per
+generation (`CausalSTDiT.prepare_text`) and the cache engine plans each AR step once (`plan_step`), so
+a denoising step is a fixed, sync-free computation that `accel` can compile or capture in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from ca2vdm_cli.block import CachedStep, PreparedText
 from ca2vdm_cli.config import SamplingConfig
 from ca2vdm_cli.diffusion import Diffusion, guide
 from ca2vdm_cli.errors import ConfigError
@@ -34,55 +39,98 @@ def chunk_lengths(num_frames: int, chunk: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- engines
+StepFn = Callable[[CachedStep, Tensor, Tensor, PreparedText | None], Tensor | None]
+ForwardFn = Callable[..., Tensor]
+
+
 class CacheEngine:
-    """Clean frames enter the KV cache once; denoising steps only read it."""
+    """Clean frames enter the KV cache once; denoising steps only read it. The engine owns its cache: the
+    plan of an AR step is made at its first denoising step and dropped when frames are written. `step`
+    replaces `model.run_step` (a compiled or CUDA-graph version from `accel`)."""
 
-    def __init__(self, model: CausalSTDiT, rows: int, cache_frames: int) -> None:
+    def __init__(
+        self,
+        model: CausalSTDiT,
+        rows: int,
+        cache_frames: int,
+        chunk_frames: int = 0,
+        step: StepFn | None = None,
+    ) -> None:
         self.model = model
-        self.cache = model.new_cache(rows, cache_frames)
+        self.cache = model.new_cache(rows, cache_frames, chunk_frames)
+        self.step = step  # None: model.denoise with the AR step's plan
+        self._plan: CachedStep | None = None
 
-    def add_clean(self, z: Tensor, y: Tensor | None, y_mask: Tensor | None) -> None:
+    def reset(self) -> None:
+        """Start a new video with the same buffers (and the same compiled or captured steps)."""
+        self.cache.reset()
+        self._plan = None
+
+    def add_clean(self, z: Tensor, y: Tensor | PreparedText | None, y_mask: Tensor | None) -> None:
         self.model.write_cache(self.cache, z, y, y_mask)
+        self._plan = None
 
-    def predict(self, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None) -> Tensor:
-        return self.model.denoise(self.cache, x, t, y, y_mask)
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | PreparedText | None, y_mask: Tensor | None) -> Tensor:
+        if self._plan is None or self._plan.n_new != x.shape[2]:
+            self._plan = self.model.plan_step(self.cache, x.shape[2], write=False)
+        if self.step is None:
+            return self.model.denoise(self.cache, x, t, y, y_mask, plan=self._plan)
+        text = self.model.prepare_text(y, y_mask, x.shape[0])  # a no-op for a prepared caption
+        out = self.step(self._plan, x, t, text)
+        assert out is not None
+        return out
 
 
 class RecomputeEngine:
-    """No cache: [clean condition frames ; noisy chunk] through the full causal forward at every step."""
+    """No cache: [clean condition frames ; noisy chunk] through the full causal forward at every step.
+    `forward` replaces `model.forward` (e.g. a compiled version)."""
 
-    def __init__(self, model: CausalSTDiT, max_condition: int | None) -> None:
+    def __init__(
+        self, model: CausalSTDiT, max_condition: int | None, forward: ForwardFn | None = None
+    ) -> None:
         self.model, self.max_condition = model, max_condition
+        self.forward = forward or model
         self.condition: Tensor | None = None  # (rows, c, P, H, W)
         self.first_index = 0  # absolute index of the first condition frame
 
-    def add_clean(self, z: Tensor, y: Tensor | None, y_mask: Tensor | None) -> None:
+    def reset(self) -> None:
+        self.condition, self.first_index = None, 0
+
+    def add_clean(self, z: Tensor, y: Tensor | PreparedText | None, y_mask: Tensor | None) -> None:
         cond = z if self.condition is None else torch.cat([self.condition, z], dim=2)
         if self.max_condition is not None and cond.shape[2] > self.max_condition:
             self.first_index += cond.shape[2] - self.max_condition
             cond = cond[:, :, -self.max_condition :]
         self.condition = cond
 
-    def predict(self, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None) -> Tensor:
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | PreparedText | None, y_mask: Tensor | None) -> Tensor:
         if self.condition is None:
-            return self.model(x, t, y, y_mask)
-        P, T = self.condition.shape[2], self.condition.shape[2] + x.shape[2]
-        full = torch.cat([self.condition, x], dim=2)  # (rows, c, P + l, H, W)
-        frame_t = torch.zeros(x.shape[0], T, device=x.device)
-        frame_t[:, P:] = t[:, None]
-        prefix = torch.zeros(x.shape[0], T, device=x.device)
-        prefix[:, :P] = 1
+            return self.forward(x, t, y, y_mask)
+        P, n = self.condition.shape[2], x.shape[2]
+        full = torch.cat([self.condition, x], dim=2)  # (rows, c, P + n, H, W)
+        frame_t = torch.cat([torch.zeros(x.shape[0], P, device=x.device), t[:, None].expand(-1, n)], dim=1)
         start = self.first_index if self.model.config.tpe_mode != "fixed" else 0
-        return self.model(full, frame_t, y, y_mask, prefix_mask=prefix, tpe_start=start)[:, :, P:]
+        return self.forward(full, frame_t, y, y_mask, tpe_start=start, num_prefix=P)[:, :, P:]
 
 
-def make_engine(name: str, model: CausalSTDiT, rows: int, cache_frames: int) -> CacheEngine | RecomputeEngine:
+def make_engine(
+    name: str,
+    model: CausalSTDiT,
+    rows: int,
+    cache_frames: int,
+    *,
+    chunk_frames: int = 0,
+    step: StepFn | None = None,
+    forward: ForwardFn | None = None,
+) -> CacheEngine | RecomputeEngine:
+    """An engine by name. `chunk_frames` reserves scratch slots for chunks of that length next to the cache;
+    `step` / `forward` replace the model's cached step / full forward (see `accel.accelerate`)."""
     if name == "cache":
-        return CacheEngine(model, rows, cache_frames)
+        return CacheEngine(model, rows, cache_frames, chunk_frames, step)
     if name == "recompute":
-        return RecomputeEngine(model, cache_frames)
+        return RecomputeEngine(model, cache_frames, forward)
     if name == "recompute-full":
-        return RecomputeEngine(model, None)
+        return RecomputeEngine(model, None, forward)
     raise ConfigError(f"engine {name!r} is not one of {ENGINES}")
 
 
@@ -126,17 +174,24 @@ def sample_video(
     use_cfg = config.cfg_scale != 1.0
     rows = 2 * B if use_cfg else B
     y_rows, mask_rows = _text_rows(model, y, y_mask, B, use_cfg, device)
-    runner = make_engine(engine, model, rows, config.cache_frames) if isinstance(engine, str) else engine
+    text = model.prepare_text(y_rows, mask_rows, rows)  # once per generation; passed as y, its mask inside
+    if isinstance(engine, str):
+        runner = make_engine(engine, model, rows, config.cache_frames, chunk_frames=config.chunk)
+    else:
+        runner = engine
     latent_shape = (cfg.in_channels, *cfg.latent_size)
+    stochastic = config.sampler == "iddpm" or config.ddim_eta > 0
 
     def to_rows(z: Tensor) -> Tensor:
         return torch.cat([z, z]) if use_cfg else z
 
     def add_clean(z: Tensor, index: int) -> None:
         if config.prefix_perturb_t > 0:  # perturb what the cache sees, never the output (spec §4.4)
-            noise = seeded_noise(seeds, "perturb", index, z.shape[1:]).to(device)
-            z = diffusion.q_sample(z, config.prefix_perturb_t, noise)
-        runner.add_clean(to_rows(z), y_rows, mask_rows)
+            noise = _to_device(seeded_noise(seeds, "perturb", index, z.shape[1:]), device)
+            # q_sample with host-side coefficients: indexing a device table by a tensor would sync
+            ac = float(diffusion.base_alphas_cumprod[config.prefix_perturb_t])
+            z = math.sqrt(ac) * z + math.sqrt(1 - ac) * noise
+        runner.add_clean(to_rows(z), text, None)
 
     if prefix is not None:
         add_clean(prefix.to(device, torch.float32), 0)
@@ -146,26 +201,48 @@ def sample_video(
         raise ConfigError(
             "replayed chunks do not match this run's chunk lengths (different --chunk or --frames?)"
         )
-    for k, length in enumerate(lengths):
+
+    # respaced step i -> original timestep, on the device once per generation (a list -> device copy syncs)
+    timesteps = _to_device(torch.tensor(diffusion.timestep_map, dtype=torch.float32), device)  # (N,)
+
+    def chunk_noise(k: int) -> tuple[Tensor, Tensor | None]:
+        return _chunk_noise(
+            seeds, k, (latent_shape[0], lengths[k], *latent_shape[1:]), diffusion, stochastic, device
+        )
+
+    pending: tuple[Tensor, Tensor | None] | None = None  # the next chunk's noise, drawn ahead
+    for k in range(len(lengths)):
         if k < len(replay):
             z = replay[k].to(device, torch.float32)
         else:
-            z = _denoise_chunk(
-                runner,
-                diffusion,
-                config,
-                seeds,
-                k,
-                (latent_shape[0], length, *latent_shape[1:]),
-                to_rows,
-                y_rows,
-                mask_rows,
-                device,
-                on_step,
-            )
+            noise = pending if pending is not None else chunk_noise(k)
+            z = _denoise_chunk(runner, diffusion, config, k, noise, timesteps, to_rows, text, on_step)
+            # drawn on the host while the device still works on chunk k (asynchronous on CUDA)
+            pending = chunk_noise(k + 1) if k + 1 < len(lengths) else None
             yield z
         if k + 1 < len(lengths):
             add_clean(z, k + 1)
+
+
+def _chunk_noise(
+    seeds: Sequence[int],
+    k: int,
+    shape: tuple[int, ...],
+    diffusion: Diffusion,
+    stochastic: bool,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:
+    """Initial noise (B, c, l, H, W) and per-step noise (B, N, c, l, H, W) of chunk k, on `device`."""
+    x = seeded_noise(seeds, "init", k, shape)
+    steps = seeded_noise(seeds, "step", k, (diffusion.num_steps, *shape)) if stochastic else None
+    return _to_device(x, device), None if steps is None else _to_device(steps, device)
+
+
+def _to_device(x: Tensor, device: torch.device) -> Tensor:
+    """Host tensor -> device; from pinned memory on CUDA, so the copy does not wait for queued work."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def _text_rows(
@@ -190,32 +267,26 @@ def _denoise_chunk(
     runner: CacheEngine | RecomputeEngine,
     diffusion: Diffusion,
     config: SamplingConfig,
-    seeds: Sequence[int],
     k: int,
-    shape: tuple[int, ...],
+    noise: tuple[Tensor, Tensor | None],
+    timesteps: Tensor,
     to_rows: Callable[[Tensor], Tensor],
-    y: Tensor | None,
-    y_mask: Tensor | None,
-    device: torch.device,
+    text: PreparedText | None,
     on_step: StepCallback | None,
 ) -> Tensor:
-    """Run every denoising step of chunk k; returns the clean chunk (B, c, l, H, W) float32."""
-    B, N = len(seeds), diffusion.num_steps
-    x = seeded_noise(seeds, "init", k, shape).to(device)  # (B, c, l, H, W)
-    stochastic = config.sampler == "iddpm" or config.ddim_eta > 0
-    step_noise = seeded_noise(seeds, "step", k, (N, *shape)).to(device) if stochastic else None  # (B, N, …)
-    timesteps = torch.tensor(diffusion.timestep_map, dtype=torch.float32, device=device)
+    """Run every denoising step of chunk k from its noise; returns the clean chunk (B, c, l, H, W) float32."""
+    N = diffusion.num_steps
+    x, step_noise = noise  # (B, c, l, H, W), (B, N, c, l, H, W) or None
+    rows = x.shape[0] * (2 if config.cfg_scale != 1.0 else 1)
     for n, i in enumerate(reversed(range(N))):
-        t = timesteps[i].expand(x.shape[0] * (2 if config.cfg_scale != 1.0 else 1))
-        out = runner.predict(to_rows(x), t, y, y_mask)  # (rows, 2c, l, H, W)
+        out = runner.predict(to_rows(x), timesteps[i].expand(rows), text, None)  # (rows, 2c, l, H, W)
         if config.cfg_scale != 1.0:
             out = guide(out, config.cfg_scale, x.shape[1])
-        noise = None if step_noise is None else step_noise[:, i]
+        noise_i = None if step_noise is None else step_noise[:, i]
         if config.sampler == "iddpm":
-            x = diffusion.p_sample(out, x, i, noise)
+            x = diffusion.p_sample(out, x, i, noise_i)
         else:
-            x = diffusion.ddim_sample(out, x, i, noise, config.ddim_eta)
+            x = diffusion.ddim_sample(out, x, i, noise_i, config.ddim_eta)
         if on_step is not None:
             on_step(k, n + 1, N)
-    assert x.shape[0] == B
     return x

@@ -6,7 +6,9 @@ temporal attention and of the prefix-enhanced (PE) spatial attention come from:
 * `FullTemporal` / `FullSpatial`: one sequence holds every frame (training, the no-cache baseline, the
   oracle in the tests);
 * `CachedTemporal` / `CachedSpatial`: the keys and values of earlier clean frames come from a
-  `KVCache`; with `write=True` the new (clean, t = 0) frames are appended to it.
+  `KVCache`; with `write=True` the new (clean, t = 0) frames are appended to it. Their masks, rotary
+  tables and cache counts are fixed when they are built (once per AR step), so the denoising steps that
+  reuse them run without host synchronisation and with static shapes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,30 @@ from torch import Tensor, nn
 
 from ca2vdm_cli.cache import KVCache
 from ca2vdm_cli.config import ModelConfig
-from ca2vdm_cli.layers import Attention, CrossAttention, Mlp, merge_heads, modulate, rope_rotate, split_heads
+from ca2vdm_cli.layers import (
+    Attention,
+    CrossAttention,
+    Mlp,
+    merge_heads,
+    modulate,
+    rope_apply,
+    rope_tables,
+    split_heads,
+)
+
+
+@dataclass
+class PreparedText:
+    """A caption ready for cross-attention. `kv` holds every block's caption K|V once computed: they are the
+    same for every denoising step and AR step of a generation, so they are computed once per generation."""
+
+    tokens: Tensor  # (B, N, C) projected caption
+    mask: Tensor | None  # (B, N) bool, True = valid token
+    kv: list[tuple[Tensor, Tensor]] | None = None  # per block: (B, h, N, d) keys and values
+
+    def tensors(self) -> list[Tensor]:
+        out = [self.tokens] + ([] if self.mask is None else [self.mask])
+        return out + [t for pair in self.kv or [] for t in pair]
 
 
 @dataclass
@@ -28,8 +53,7 @@ class FrameInputs:
 
     tpe: Tensor | None  # (T, C) temporal position rows, added at block 0 only; None in rope mode
     mask_feat: Tensor | None  # (B, T) 1 on clean prefix frames, for attn_temp_pre_merge
-    text: Tensor | None  # (B, N, C) projected caption
-    text_mask: Tensor | None  # (B, N) bool
+    text: PreparedText | None
 
 
 # ----------------------------------------------------------------------------- temporal routes
@@ -42,8 +66,8 @@ class FullTemporal:
     def attend(self, block: int, q: Tensor, k: Tensor, v: Tensor, need_output: bool) -> Tensor | None:
         # q, k, v (B·S, h, T, d)
         if self.rope:
-            positions = torch.arange(q.shape[-2])
-            q, k = rope_rotate(q, positions), rope_rotate(k, positions)
+            cos, sin = rope_tables(torch.arange(q.shape[-2], device=q.device), q.shape[-1])
+            q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
         if self.mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
         return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -51,35 +75,36 @@ class FullTemporal:
 
 class CachedTemporal:
     """Keys/values = [cached clean frames ; the chunk]; the chunk is causal inside itself (bottom-right
-    aligned mask) and sees every cached frame. With `write`, the chunk's K|V are stored (before RoPE)."""
+    aligned mask) and sees every cached frame. With `write`, the chunk's K|V are stored (before RoPE).
+    Built for a chunk of `n_new` frames against the cache as it is now; valid until the cache changes."""
 
-    def __init__(self, cache: KVCache, *, write: bool, causal_chunk: bool, rope: bool) -> None:
-        self.cache, self.write, self.rope = cache, write, rope
-        self.causal_chunk = causal_chunk
-        self._mask: Tensor | None = None
+    def __init__(self, cache: KVCache, n_new: int, *, write: bool, causal_chunk: bool, rope: bool) -> None:
+        self.cache, self.write = cache, write
+        self.n_cached = n = cache.num_cached
+        device = cache.device
+        self.mask: Tensor | None = None  # (n_new, n + n_new) bool
+        if causal_chunk and n_new > 1:
+            self.mask = torch.ones(n_new, n + n_new, dtype=torch.bool, device=device).tril(n)
+        self.rope_q: tuple[Tensor, Tensor] | None = None  # cos, sin (n_new, d/2)
+        self.rope_k: tuple[Tensor, Tensor] | None = None  # cos, sin (n + n_new, d/2)
+        if rope:
+            q_pos = torch.arange(n, n + n_new, device=device)
+            k_pos = torch.cat([cache.window_positions(device), q_pos])  # made on the device: no copy
+            self.rope_q = rope_tables(q_pos, cache.head_dim)
+            self.rope_k = rope_tables(k_pos, cache.head_dim)
 
-    def _chunk_mask(self, n_new: int, device: torch.device) -> Tensor | None:
-        if not self.causal_chunk or n_new == 1:
-            return None
-        if self._mask is None:
-            n_cached = self.cache.num_cached
-            self._mask = torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached)
-        return self._mask
+    def inputs(self) -> list[Tensor]:
+        """Tensors whose values may differ between two routes of the same shape (the ring's RoPE order)."""
+        return [*(self.rope_q or ()), *(self.rope_k or ())]
 
     def attend(self, block: int, q: Tensor, k: Tensor, v: Tensor, need_output: bool) -> Tensor | None:
         # q, k, v (B·S, h, l, d) for the l new frames
-        cached_k, cached_v = self.cache.read(block)  # (B·S, h, n_cached, d)
         out = None
         if need_output:
-            n_cached, n_new = cached_k.shape[-2], k.shape[-2]
-            k_all = torch.cat([cached_k, k], dim=-2)  # (B·S, h, n_cached + l, d)
-            v_all = torch.cat([cached_v, v], dim=-2)
-            if self.rope:
-                q_pos = torch.arange(n_cached, n_cached + n_new)
-                k_pos = torch.cat([self.cache.window_positions(), q_pos])
-                q, k_all = rope_rotate(q, q_pos), rope_rotate(k_all, k_pos)
-            mask = self._chunk_mask(n_new, q.device)
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            k_all, v_all = self.cache.window(block, self.n_cached, k, v)  # (B·S, h, n_cached + l, d)
+            if self.rope_q is not None and self.rope_k is not None:
+                q, k_all = rope_apply(q, *self.rope_q), rope_apply(k_all, *self.rope_k)
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=self.mask)
         if self.write:
             self.cache.store(block, k, v)
         return out
@@ -113,12 +138,13 @@ class CachedSpatial:
 
     def __init__(self, cache: KVCache, *, write: bool) -> None:
         self.cache, self.write = cache, write
+        self.has_context = cache.has_context
 
     def attend(self, block: int, attn: Attention, x: Tensor) -> Tensor | None:
         B, T, S, C = x.shape
         h = attn.num_heads
         if not self.write:
-            if not self.cache.has_context:
+            if not self.has_context:
                 return None  # nothing clean yet (text-to-video start): the branch adds nothing
             q = F.linear(x, attn.qkv.weight[:C], attn.qkv.bias[:C])  # only the query third is needed
             q = split_heads(q.reshape(B, T * S, C), h)  # (B, h, T·S, d)
@@ -131,7 +157,7 @@ class CachedSpatial:
         frame_k = k.unflatten(0, (B, T)).transpose(1, 2)  # (B, h, T, S, d)
         frame_v = v.unflatten(0, (B, T)).transpose(1, 2)
         if self.cache.pe_mode == "first_frame":
-            if self.cache.has_context:
+            if self.has_context:
                 ctx_k, ctx_v = self.cache.read_context(block)  # (B, h, S, d)
             else:  # the first write: frame 0 is in this chunk
                 ctx_k, ctx_v = frame_k[:, :, 0], frame_v[:, :, 0]
@@ -141,6 +167,30 @@ class CachedSpatial:
             out = merge_heads(F.scaled_dot_product_attention(q, k, v))  # (B·T, S, C)
         self.cache.store_context(block, frame_k, frame_v)
         return attn.proj(out).view(B, T, S, C)
+
+
+@dataclass
+class CachedStep:
+    """What a cached pass over a chunk of `n_new` frames needs besides latents, timestep and caption, fixed
+    for the cache as it is when built (`CausalSTDiT.plan_step`, once per AR step): temporal position rows,
+    the mask-channel feature and the cache routes with their masks and rotary tables."""
+
+    n_new: int
+    write: bool
+    tpe: Tensor | None  # (n_new, C)
+    mask_feat: Tensor  # (B, n_new)
+    temporal: CachedTemporal
+    spatial: CachedSpatial | None
+
+    @property
+    def key(self) -> tuple[int, bool, int, bool]:
+        """Steps with equal keys run the same computation on same-shaped tensors (one compiled graph)."""
+        context = self.spatial is not None and self.spatial.has_context
+        return (self.n_new, self.write, self.temporal.n_cached, context)
+
+    def inputs(self) -> list[Tensor]:
+        """Tensors whose values differ between steps with equal keys (copied into a captured graph)."""
+        return ([] if self.tpe is None else [self.tpe]) + self.temporal.inputs()
 
 
 # ----------------------------------------------------------------------------- the block
@@ -203,8 +253,10 @@ class CausalSTDiTBlock(nn.Module):
         x = x + gate_msa * out
 
         # (e) cross-attention to the caption, ungated (PixArt)
-        if self.cross_attn is not None:
-            x = x + self.cross_attn(x.reshape(B, T * S, C), frames.text, frames.text_mask).view(B, T, S, C)
+        if self.cross_attn is not None and frames.text is not None:
+            text = frames.text
+            y = text.kv[self.index] if text.kv is not None else text.tokens
+            x = x + self.cross_attn(x.reshape(B, T * S, C), y, text.mask).view(B, T, S, C)
 
         # (f) MLP
         h = modulate(self.norm2(x), shift_mlp, scale_mlp)

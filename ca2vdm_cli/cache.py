@@ -9,6 +9,11 @@ through RoPE, which gets each slot's window position from `window_positions()`.
 The spatial-context cache of prefix-enhanced attention keeps the K|V of the last N written frames
 (frame 0 repeated while fewer than N exist), which is exactly the context a noisy frame sees in
 training: frames P-1 … P-N clamped at 0 (spec §1.4c). In `first_frame` mode it holds frame 0 forever.
+
+With `chunk_frames` > 0 the temporal buffers get that many scratch slots after the queue. Once the queue is
+full, a pass writes its chunk's K|V there and attends over one contiguous view [queue ; chunk] instead of
+concatenating the whole queue with the chunk at every denoising step (static shape, no per-step copy of
+the cache). The scratch is activation memory, not cache: `nbytes` counts the queue only.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ class KVCache:
     """Preallocated K|V for `depth` blocks, `batch_size` rows (CFG: [uncond; cond]) and `max_frames` frames.
 
     Layouts (SDPA-ready, so reads are views):
-      k, v:         (D, B·S, h, L_max, d)   temporal attention, one sequence per spatial location
+      k, v:         (D, B·S, h, L_max, d)   temporal attention, one sequence per spatial location (views of
+                                            (D, B·S, h, L_max + chunk_frames, d) buffers with the scratch)
       ctx_k, ctx_v: (D, B, h, N·S, d)       prefix-enhanced spatial attention context (None without PE)
     `frames_written` is the absolute index of the next frame; it drives the cyclic temporal positions.
     """
@@ -39,6 +45,7 @@ class KVCache:
         pe_mode: str,
         device: torch.device | str,
         dtype: torch.dtype,
+        chunk_frames: int = 0,
     ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -47,9 +54,12 @@ class KVCache:
         self.depth, self.batch_size, self.max_frames = depth, batch_size, max_frames
         self.tokens_per_frame, self.num_heads, self.head_dim = tokens_per_frame, num_heads, head_dim
         self.pe_frames, self.pe_mode = pe_frames, pe_mode
-        shape = (depth, batch_size * tokens_per_frame, num_heads, max_frames, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.chunk_frames = max(0, chunk_frames)
+        shape = (depth, batch_size * tokens_per_frame, num_heads, max_frames + self.chunk_frames, head_dim)
+        self._k_buf = torch.zeros(shape, device=device, dtype=dtype)
+        self._v_buf = torch.zeros(shape, device=device, dtype=dtype)
+        self.k = self._k_buf[:, :, :, :max_frames]  # the queue: (D, B·S, h, L_max, d) views
+        self.v = self._v_buf[:, :, :, :max_frames]
         self.ctx_k: Tensor | None = None
         self.ctx_v: Tensor | None = None
         if pe_frames > 0:
@@ -71,8 +81,14 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the queue: D·B·L_max·S·2C (+ D·B·N·S·2C of PE context) × element size."""
         tensors = [self.k, self.v, self.ctx_k, self.ctx_v]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    @property
+    def scratch_nbytes(self) -> int:
+        """Bytes of the chunk scratch slots (activation memory kept next to the queue)."""
+        return 2 * self.k[:, :, :, :1].numel() * self.chunk_frames * self.k.element_size()
 
     @property
     def device(self) -> torch.device:
@@ -94,10 +110,10 @@ class KVCache:
         """Absolute frame index held in each valid slot, in slot order (what a read returns)."""
         return [self.frames_written - self.num_cached + int(p) for p in self.window_positions().tolist()]
 
-    def window_positions(self) -> Tensor:
+    def window_positions(self, device: torch.device | str | None = None) -> Tensor:
         """Position of each valid slot in the attention window (0 = oldest cached frame), slot order."""
         n = self.num_cached
-        slots = torch.arange(n)
+        slots = torch.arange(n, device=device)
         if self.frames_written <= self.max_frames:
             return slots
         return (slots - self.frames_written) % self.max_frames
@@ -107,6 +123,21 @@ class KVCache:
         """Views of the valid slots of one block: k, v (B·S, h, n_cached, d), in slot order."""
         n = self.num_cached
         return self.k[block, :, :, :n], self.v[block, :, :, :n]
+
+    def window(self, block: int, n_cached: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [n_cached cached frames (slot order) ; the chunk's k, v (B·S, h, n, d)] of one
+        block: a view with the chunk in the scratch slots when the queue is full and the chunk fits,
+        a concatenation otherwise. Does not change the queue."""
+        n = k.shape[-2]
+        if n_cached == self.max_frames and n <= self.chunk_frames:
+            end = self.max_frames + n
+            self._k_buf[block, :, :, self.max_frames : end] = k
+            self._v_buf[block, :, :, self.max_frames : end] = v
+            return self._k_buf[block, :, :, :end], self._v_buf[block, :, :, :end]
+        return (
+            torch.cat([self.k[block, :, :, :n_cached], k], dim=-2),
+            torch.cat([self.v[block, :, :, :n_cached], v], dim=-2),
+        )
 
     def store(self, block: int, k: Tensor, v: Tensor) -> None:
         """Put the K|V of the next n frames (B·S, h, n, d) into their slots; call `advance(n)` after the

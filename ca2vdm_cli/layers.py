@@ -38,16 +38,26 @@ def timestep_features(t: Tensor, dim: int = 256, max_period: float = 10000.0) ->
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def rope_rotate(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
-    """LLaMA-style rotary embedding on adjacent pairs of the last dim. x (..., L, d); positions (L,)."""
-    d = x.shape[-1]
-    freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)  # (d/2,)
-    angles = positions.to(device=x.device, dtype=torch.float64)[:, None] * freqs[None]  # (L, d/2)
-    cos, sin = angles.cos().float(), angles.sin().float()
+def rope_tables(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos, sin (L, d/2) float32 of LLaMA-style rotary angles for `positions` (L,), on positions' device."""
+    freqs = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim
+    )  # (d/2,)
+    angles = positions.to(torch.float64)[:, None] * freqs[None]  # (L, d/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def rope_apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent pairs of the last dim of x (..., L, d) by precomputed tables (L, d/2), in fp32."""
     xf = x.float()
     x1, x2 = xf[..., 0::2], xf[..., 1::2]  # (..., L, d/2)
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., L, d/2, 2)
     return out.flatten(-2).to(x.dtype)
+
+
+def rope_rotate(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
+    """LLaMA-style rotary embedding on adjacent pairs of the last dim. x (..., L, d); positions (L,)."""
+    return rope_apply(x, *rope_tables(positions.to(x.device), x.shape[-1], theta))
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -92,10 +102,16 @@ class CrossAttention(nn.Module):
         self.kv_linear = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, y: Tensor, y_mask: Tensor | None) -> Tensor:
-        # x (B, L, C); y (B, N, C) projected caption; y_mask (B, N) bool, True = valid token
+    def text_kv(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the caption y (B, N, C): (B, h, N, d) each. They depend only on the caption,
+        so a generation computes them once instead of at every denoising step."""
+        k, v = split_heads(self.kv_linear(y), 2 * self.num_heads).chunk(2, dim=-3)
+        return k, v
+
+    def forward(self, x: Tensor, y: Tensor | tuple[Tensor, Tensor], y_mask: Tensor | None) -> Tensor:
+        # x (B, L, C); y (B, N, C) projected caption, or its precomputed `text_kv`; y_mask (B, N) bool
         q = split_heads(self.q_linear(x), self.num_heads)  # (B, h, L, d)
-        k, v = split_heads(self.kv_linear(y), 2 * self.num_heads).chunk(2, dim=-3)  # (B, h, N, d)
+        k, v = y if isinstance(y, tuple) else self.text_kv(y)  # (B, h, N, d)
         mask = None if y_mask is None else y_mask[:, None, None, :]  # (B, 1, 1, N)
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
 

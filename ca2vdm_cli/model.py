@@ -7,6 +7,11 @@ Three entry points, all on the same parameters:
 * `denoise`: a noisy chunk against a `KVCache`, which it only reads (every denoising step);
 * `write_cache`: a clean chunk at t = 0 whose keys/values are appended to the cache (once per AR step).
 
+The cached path is split for speed: `prepare_text` (once per generation: caption projection and every
+block's caption K|V), `plan_step` (once per AR step: positions, masks, cache views) and `run_step` (every
+denoising step: static shapes, no host synchronisation, so it can be compiled or captured in a CUDA
+graph). `denoise` and `write_cache` are these three in one call.
+
 State-dict keys and shapes are those of the official checkpoint (spec §6).
 """
 
@@ -20,11 +25,13 @@ from torch import Tensor, nn
 
 from ca2vdm_cli.block import (
     CachedSpatial,
+    CachedStep,
     CachedTemporal,
     CausalSTDiTBlock,
     FrameInputs,
     FullSpatial,
     FullTemporal,
+    PreparedText,
 )
 from ca2vdm_cli.cache import KVCache
 from ca2vdm_cli.config import ModelConfig
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 # Deterministic tables: regenerated from the config instead of trusted from a checkpoint.
 REGENERATED_BUFFERS = ("pos_embed", "pos_embed_temporal")
+Caption = Tensor | PreparedText | None  # raw T5 features (B, N, C_text), a prepared caption, or null
 
 
 class CausalSTDiT(nn.Module):
@@ -122,19 +130,17 @@ class CausalSTDiT(nn.Module):
         x = x.to(self.x_embedder.proj.weight.dtype)
         return self.x_embedder(x) + self.pos_embed[:, None]  # (B, T, S, C)
 
-    def _timesteps(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """t (B,) or (B, T) -> t_emb (B, T', C) and t_mlp (B, T', 6C)."""
-        t = t[:, None] if t.dim() == 1 else t
-        t_emb = self.t_embedder(t)  # (B, T', C)
-        return t_emb, self.t_block(t_emb)
-
-    def _text(
-        self, y: Tensor | None, y_mask: Tensor | None, batch: int
-    ) -> tuple[Tensor | None, Tensor | None]:
+    def _text(self, y: Caption, y_mask: Tensor | None, batch: int) -> PreparedText | None:
+        if isinstance(y, PreparedText):
+            if y.tokens.shape[0] != batch:
+                raise ValueError(f"the prepared caption has batch {y.tokens.shape[0]}, latents have {batch}")
+            if y_mask is not None:
+                raise ValueError("a prepared caption carries its own mask; pass y_mask=None")
+            return y
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this model has no text conditioning (caption_channels=0); pass y=None")
-            return None, None
+            return None
         if y is None:
             y = self.null_caption(batch)
         if y.dim() == 4:  # official layout (B, 1, N, C_text)
@@ -142,7 +148,16 @@ class CausalSTDiT(nn.Module):
         if y.shape[0] != batch:
             raise ValueError(f"y has batch {y.shape[0]}, latents have {batch}")
         mask = None if y_mask is None else y_mask.to(device=y.device, dtype=torch.bool)
-        return self.y_embedder(y), mask  # (B, N, C), (B, N)
+        return PreparedText(self.y_embedder(y), mask)  # (B, N, C), (B, N)
+
+    def prepare_text(self, y: Caption, y_mask: Tensor | None, batch: int) -> PreparedText | None:
+        """The caption y (B, N, C_text) (None: the null caption) projected once, with every block's
+        cross-attention K|V, for reuse by all passes of a generation (None for a model without text)."""
+        text = self._text(y, y_mask, batch)
+        if text is not None and text.kv is None:
+            kv = [block.cross_attn.text_kv(text.tokens) for block in self.blocks if block.cross_attn]
+            text = PreparedText(text.tokens, text.mask, kv)
+        return text
 
     def _tpe(self, start: int, length: int) -> Tensor | None:
         """Temporal position rows (length, C) for frames start..start+length-1 (spec §2)."""
@@ -178,31 +193,37 @@ class CausalSTDiT(nn.Module):
         self,
         x: Tensor,
         t: Tensor,
-        y: Tensor | None = None,
+        y: Caption = None,
         y_mask: Tensor | None = None,
         prefix_mask: Tensor | None = None,
         tpe_start: int = 0,
         temporal_mask: Tensor | None = None,
+        num_prefix: int | None = None,
     ) -> Tensor:
         """Every frame in one sequence. x (B, c, T, H, W); t (B,) or per-frame (B, T); prefix_mask (B, T)
-        is 1 on a leading run of clean frames; `temporal_mask` (T, T) bool replaces the causal mask
-        (the tests use it for the block-sliding-window oracle). Returns (B, c_out, T, H, W) float32."""
+        is 1 on a leading run of clean frames, or `num_prefix` gives that run's length for every sample
+        (no validation, no host synchronisation: the engines' path); `temporal_mask` (T, T) bool replaces
+        the causal mask (the tests use it for the block-sliding-window oracle). Returns (B, c_out, T, H, W)
+        float32."""
         self._check_latents(x)
         B, _, T = x.shape[:3]
         device = x.device
-        if prefix_mask is None:
-            prefix_mask = torch.zeros(B, T, device=device)
-        prefix = prefix_mask.to(device=device, dtype=torch.bool)
-        num_prefix = prefix.sum(1)  # (B,)
-        if not torch.equal(prefix, torch.arange(T, device=device)[None] < num_prefix[:, None]):
-            raise ValueError("prefix_mask must mark a leading run of frames (clean prefix first)")
+        frame = torch.arange(T, device=device)
+        counts: Tensor | int = num_prefix if num_prefix is not None else 0
+        if num_prefix is not None and (prefix_mask is not None or not 0 <= num_prefix <= T):
+            raise ValueError(f"num_prefix={num_prefix} needs 0 <= num_prefix <= {T} and no prefix_mask")
+        prefix = (frame < counts)[None].expand(B, T)  # (B, T) bool
+        if prefix_mask is not None:
+            prefix = prefix_mask.to(device=device, dtype=torch.bool)
+            counts = prefix.sum(1)  # (B,)
+            if not torch.equal(prefix, frame[None] < counts[:, None]):
+                raise ValueError("prefix_mask must mark a leading run of frames (clean prefix first)")
 
         tokens = self._embed_frames(x)  # (B, T, S, C)
-        t_emb, t_mlp = self._timesteps(t.to(device))
-        text, text_mask = self._text(y, y_mask, B)
-        frames = FrameInputs(self._tpe(tpe_start, T), prefix.float(), text, text_mask)
+        t_emb, t_mlp = self.embed_timesteps(t.to(device))
+        frames = FrameInputs(self._tpe(tpe_start, T), prefix.float(), self._text(y, y_mask, B))
         temporal = self._full_temporal(prefix, temporal_mask)
-        spatial = self._full_spatial(num_prefix, T) if self.config.has_pe else None
+        spatial = self._full_spatial(counts, B, T, device) if self.config.has_pe else None
         for block in self.blocks:
             tokens = block(tokens, t_mlp, frames, temporal, spatial)
         return self._unpatchify(self.final_layer(tokens, t_emb))
@@ -218,31 +239,31 @@ class CausalSTDiT(nn.Module):
         B, T = prefix.shape
         causal = torch.ones(T, T, dtype=torch.bool, device=prefix.device).tril()
         mask = causal[None] | ~prefix[:, :, None]  # (B, T, T)
-        S = self.config.tokens_per_frame
-        return FullTemporal(
-            causal=False, mask=mask[:, None].expand(B, S, T, T).reshape(B * S, 1, T, T), rope=rope
-        )
+        mask = mask[:, None].expand(B, self.config.tokens_per_frame, T, T).flatten(0, 1)[:, None]
+        return FullTemporal(causal=False, mask=mask, rope=rope)  # mask (B·S, 1, T, T)
 
-    def _full_spatial(self, num_prefix: Tensor, T: int) -> FullSpatial:
-        """Context frames per frame (spec §1.4c): prefix frames see themselves (prev_frames_N) or frame 0
-        (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; nothing when P = 0."""
+    def _full_spatial(self, num_prefix: Tensor | int, B: int, T: int, device: torch.device) -> FullSpatial:
+        """Context frames per frame (spec §1.4c), no host sync: prefix frames see themselves (prev_frames_N)
+        or frame 0 (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; none when P = 0."""
         N = self.config.pe_frames
-        frame = torch.arange(T, device=num_prefix.device)
-        if self.config.pe_mode == "first_frame":
-            index = torch.zeros(num_prefix.shape[0], T, 1, dtype=torch.long, device=frame.device)
+        frame = torch.arange(T, device=device)
+        if isinstance(num_prefix, int):
+            valid = None if num_prefix > 0 else torch.zeros(B, T, dtype=torch.bool, device=device)
+            num_prefix = torch.full((B,), num_prefix, dtype=torch.long, device=device)
         else:
-            prev = (num_prefix[:, None] - 1 - torch.arange(N, device=frame.device)[None]).clamp(
-                min=0
-            )  # (B, N)
-            own = frame[None, :, None].expand(num_prefix.shape[0], T, N)
-            is_prefix = frame[None, :, None] < num_prefix[:, None, None]
-            index = torch.where(is_prefix, own, prev[:, None, :].expand_as(own))  # (B, T, N)
-        valid = (num_prefix > 0)[:, None].expand(-1, T)
-        return FullSpatial(index, None if bool(valid.all()) else valid)
+            valid = (num_prefix > 0)[:, None].expand(B, T)  # multiplying by ones changes nothing
+        if self.config.pe_mode == "first_frame":
+            return FullSpatial(torch.zeros(B, T, 1, dtype=torch.long, device=device), valid)
+        prev = (num_prefix[:, None] - 1 - torch.arange(N, device=device)[None]).clamp(min=0)  # (B, N)
+        own = frame[None, :, None].expand(B, T, N)
+        is_prefix = frame[None, :, None] < num_prefix[:, None, None]
+        index = torch.where(is_prefix, own, prev[:, None, :].expand_as(own))  # (B, T, N)
+        return FullSpatial(index, valid)
 
     # ------------------------------------------------------------------ cached inference
-    def new_cache(self, batch_size: int, max_frames: int) -> KVCache:
-        """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) holding at most `max_frames` frames."""
+    def new_cache(self, batch_size: int, max_frames: int, chunk_frames: int = 0) -> KVCache:
+        """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) of at most `max_frames` frames, with
+        scratch slots for chunks of up to `chunk_frames` frames (see `KVCache`)."""
         cfg = self.config
         param = self.x_embedder.proj.weight
         return KVCache(
@@ -256,52 +277,76 @@ class CausalSTDiT(nn.Module):
             pe_mode=cfg.pe_mode,
             device=param.device,
             dtype=param.dtype,
+            chunk_frames=chunk_frames,
         )
 
-    def _cached_pass(
-        self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None, y_mask: Tensor | None, write: bool
-    ) -> Tensor | None:
-        self._check_latents(x)
-        B, _, T = x.shape[:3]
-        if cache.batch_size != B:
-            raise ValueError(f"cache was made for batch {cache.batch_size}, latents have batch {B}")
-        tokens = self._embed_frames(x)  # (B, T, S, C)
-        t_emb, t_mlp = self._timesteps(t.to(x.device))  # (B, 1, C), (B, 1, 6C)
-        text, text_mask = self._text(y, y_mask, B)
-        mask_feat = torch.full((B, T), float(write), device=x.device)
-        frames = FrameInputs(self._tpe(cache.frames_written, T), mask_feat, text, text_mask)
+    def embed_timesteps(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """t (B,) or (B, T) -> t_emb (B, T', C) and the adaLN vector t_mlp (B, T', 6C)."""
+        t = t[:, None] if t.dim() == 1 else t
+        t_emb = self.t_embedder(t)  # (B, T', C)
+        return t_emb, self.t_block(t_emb)
+
+    def plan_step(self, cache: KVCache, n_new: int, *, write: bool) -> CachedStep:
+        """Fix a cached pass over the next `n_new` frames against the cache as it is now. A denoising plan
+        stays valid for every step of the chunk (the cache is only read); a write plan is used once."""
+        B, device = cache.batch_size, cache.device
         # partial attention: the denoised chunk sees all of itself; written (clean) frames stay causal
         causal_chunk = write or self.config.temporal_attention == "causal"
-        temporal = CachedTemporal(
-            cache, write=write, causal_chunk=causal_chunk, rope=self.config.tpe_mode == "rope"
-        )
+        rope = self.config.tpe_mode == "rope"
+        temporal = CachedTemporal(cache, n_new, write=write, causal_chunk=causal_chunk, rope=rope)
         spatial = CachedSpatial(cache, write=write) if self.config.has_pe else None
+        mask_feat = torch.full((B, n_new), float(write), device=device)
+        return CachedStep(n_new, write, self._tpe(cache.frames_written, n_new), mask_feat, temporal, spatial)
+
+    def run_step(self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None) -> Tensor | None:
+        """One cached pass: x (B, c, n_new, H, W) at timesteps t (B,) -> (B, c_out, n_new, H, W) float32, or
+        None for a write plan (K|V stored; the caller advances the cache). No host syncs, static shapes."""
+        tokens = self._embed_frames(x)  # (B, T, S, C)
+        t_emb, t_mlp = self.embed_timesteps(t)  # (B, 1, C), (B, 1, 6C)
+        frames = FrameInputs(step.tpe, step.mask_feat, text)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, t_mlp, frames, temporal, spatial, kv_only=write and i == last)
-        if write:
-            cache.advance(T)
-            return None
-        return self._unpatchify(self.final_layer(tokens, t_emb))
+            kv_only = step.write and i == last  # the last block's output is never used when writing
+            tokens = block(tokens, t_mlp, frames, step.temporal, step.spatial, kv_only=kv_only)
+        return None if step.write else self._unpatchify(self.final_layer(tokens, t_emb))
+
+    def _check_cached(self, cache: KVCache, x: Tensor) -> None:
+        self._check_latents(x)
+        if cache.batch_size != x.shape[0]:
+            raise ValueError(f"cache was made for batch {cache.batch_size}, latents have batch {x.shape[0]}")
 
     def denoise(
-        self, cache: KVCache, x: Tensor, t: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None
+        self,
+        cache: KVCache,
+        x: Tensor,
+        t: Tensor,
+        y: Caption = None,
+        y_mask: Tensor | None = None,
+        plan: CachedStep | None = None,
     ) -> Tensor:
-        """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the
-        cached clean frames. The cache is not modified. Returns (B, c_out, l, H, W) float32."""
+        """Predict for a noisy chunk x (B, c, l, H, W) at one timestep per sample t (B,), reading the cache
+        (never modified) with this AR step's `plan` (made here if None). Returns (B, c_out, l, H, W) fp32."""
         if t.dim() != 1:
             raise ValueError(f"denoise takes one timestep per sample, t of shape (B,), got {tuple(t.shape)}")
-        out = self._cached_pass(cache, x, t, y, y_mask, write=False)
+        self._check_cached(cache, x)
+        if plan is not None and (plan.write or plan.n_new != x.shape[2]):
+            raise ValueError(f"the plan is for writing {plan.n_new} frames, not denoising {x.shape[2]}")
+        text = self._text(y, y_mask, x.shape[0])
+        plan = plan or self.plan_step(cache, x.shape[2], write=False)
+        out = self.run_step(plan, x, t.to(x.device), text)
         assert out is not None
         return out
 
     def write_cache(
-        self, cache: KVCache, clean: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None
+        self, cache: KVCache, clean: Tensor, y: Caption = None, y_mask: Tensor | None = None
     ) -> None:
         """Run clean frames (B, c, n, H, W) at t = 0 with mask channel 1 and append their K|V (evicting the
         oldest frames when full); updates the prefix-enhanced spatial context."""
+        self._check_cached(cache, clean)
+        text = self._text(y, y_mask, clean.shape[0])
         t = torch.zeros(clean.shape[0], device=clean.device)
-        self._cached_pass(cache, clean, t, y, y_mask, write=True)
+        self.run_step(self.plan_step(cache, clean.shape[2], write=True), clean, t, text)
+        cache.advance(clean.shape[2])
 
     # ------------------------------------------------------------------ checkpoints
     def load_official_state_dict(self, state_dict: dict[str, Tensor], assign: bool = False) -> None:

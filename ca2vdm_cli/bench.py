@@ -1,0 +1,306 @@
+"""Side-by-side timing of the AR engines in one process: the same prompt, given frame and seed through
+`cache`, `recompute` and `recompute-full`, each warmed up first (warm-up excluded), repeats interleaved
+so that a change in machine load hits every engine alike.
+
+Per engine and run: the time of every AR step (writing the previous chunk + denoising this one), time
+to the first chunk, the end-to-end time including text encoding, VAE encoding of the given frame and VAE
+decoding of every chunk, and memory: the whole run's peak (CUDA max allocated / host peak RSS) and the
+working memory of every AR step (bytes above the step's start: CUDA allocated in the timed runs; on the
+CPU, live tensor bytes traced with the profiler in the untimed warm-up, since host RSS mostly shows what
+the C allocator keeps). Analytic FLOPs (`flops.py`) turn the
+denoising time into achieved FLOP/s and, against a measured matmul peak, model-FLOPs utilisation. The
+`per-step-cache` row is accounting only: the memory a Live2Diff-style cache (one K|V slice per denoising
+step) would need for the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ca2vdm_cli.accel import Acceleration, accelerate
+from ca2vdm_cli.autoregressive import (
+    ENGINES,
+    CacheEngine,
+    RecomputeEngine,
+    chunk_lengths,
+    make_engine,
+    sample_video,
+)
+from ca2vdm_cli.benchmodels import BenchSetup
+from ca2vdm_cli.benchreport import EngineResult, Report, Run, speedups, summarise
+from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.flops import run_flops
+from ca2vdm_cli.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
+from ca2vdm_cli.noise import seeded_noise
+
+logger = logging.getLogger(__name__)
+
+PER_STEP_CACHE = "per-step-cache"
+DEFAULT_PROMPT = "a red circle moving right"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    engines: tuple[str, ...] = ENGINES
+    frames: int = 80  # generated frames after the given frame: K = 10 AR steps of 8
+    steps: int | None = None  # denoising steps per chunk; None = the model's default
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    repeat: int = 1
+    warmup_steps: int = 2  # denoising steps per chunk of the untimed warm-up run; 0 = no warm-up
+    decode: bool = True  # decode every chunk with the VAE (end-to-end time)
+    decode_batch: int = 8
+    stat: str = "median"  # over repeats: median | min
+    accel: Acceleration = Acceleration()
+    measure_peak: bool = True
+
+    def validate(self) -> None:
+        """InputError naming the first bad option (cheap: call before loading a model)."""
+        unknown = [e for e in self.engines if e not in ENGINES]
+        if unknown or not self.engines:
+            raise InputError(f"--engines {','.join(self.engines)}: choose from {', '.join(ENGINES)}")
+        if self.frames < 1:
+            raise InputError(f"--frames {self.frames}: generate at least one frame")
+        if self.stat not in ("median", "min"):
+            raise InputError(f"--stat {self.stat}: use median or min")
+
+
+# ----------------------------------------------------------------------------- running
+Progress = Callable[[str], None]
+
+
+class Bench:
+    """Runs the engines of `options` on `setup`; `progress` receives one line per finished phase."""
+
+    def __init__(self, setup: BenchSetup, options: BenchOptions, progress: Progress | None = None) -> None:
+        options.validate()
+        self.setup, self.options = setup, options
+        self.sampling = (
+            setup.sampling if options.steps is None else setup.sampling.replace(steps=options.steps)
+        )
+        self.sampling.validate(setup.model.config)
+        self.progress = progress or (lambda line: None)
+        self.device = next(setup.model.parameters()).device
+        self.dtype = next(setup.model.parameters()).dtype
+        self.rows = 2 if self.sampling.cfg_scale != 1.0 else 1
+        self.chunks = chunk_lengths(options.frames, self.sampling.chunk)
+        self.memory = PeakMemory(self.device)
+
+    def run(self) -> Report:
+        opts, setup = self.options, self.setup
+        environment = describe(self.device)
+        step, forward = accelerate(setup.model, opts.accel, self.device)
+        engines = {
+            name: make_engine(
+                name,
+                setup.model,
+                self.rows,
+                self.sampling.cache_frames,
+                chunk_frames=self.sampling.chunk,
+                step=step,
+                forward=forward,
+            )
+            for name in opts.engines
+        }
+        given = self._given_frame()
+        traced: dict[str, list[Run]] = {name: [] for name in engines}
+        trace = self.device.type != "cuda"  # CPU working memory comes from a traced untimed run
+        if opts.warmup_steps > 0 or trace:
+            minimum = 2 if self.sampling.sampler == "iddpm" else 1
+            warm = self.sampling.replace(steps=max(opts.warmup_steps, minimum))
+            for name, engine in engines.items():
+                run = self._run_once(engine, given, warm, trace=trace)
+                traced[name] = [run] if trace else []
+                self.progress(f"warm-up {name} done" + (" (memory traced)" if trace else ""))
+        runs: dict[str, list[Run]] = {name: [] for name in engines}
+        for r in range(opts.repeat):
+            for name, engine in engines.items():
+                runs[name].append(self._run_once(engine, given, self.sampling))
+                self.progress(f"run {r + 1}/{opts.repeat} {name}: {sum(runs[name][-1].step_s):.2f} s")
+        peak = None
+        if opts.measure_peak:
+            peak = matmul_peak(self.device, self.dtype)
+            self.progress(f"measured matmul peak {peak / 1e12:.2f} TFLOP/s")
+        environment["end_load_average"] = describe(self.device)["load_average"]
+        environment["matmul_peak_flops_per_s"] = peak
+        environment["memory"] = {
+            "peak": self.memory.kind,
+            "per_step": "cuda allocated above the step's start (timed runs)"
+            if self.device.type == "cuda"
+            else "cpu tensor bytes above the step's start (profiler trace of the untimed warm-up run)",
+        }
+        results = [self._result(name, engines[name], runs[name], traced[name], peak) for name in engines]
+        return Report(
+            environment, self._settings(), results, self._per_step_cache(engines), speedups(results)
+        )
+
+    # ------------------------------------------------------------------ one run
+    def _given_frame(self) -> Tensor:
+        """A deterministic RGB frame (1, 1, H, W, 3) uint8: a colour gradient with seeded noise."""
+        H, W = self.setup.height, self.setup.width
+        ramp = torch.linspace(0, 255, W)[None, :, None].expand(H, W, 3)
+        noise = seeded_noise([self.options.seed], "bench-frame", 0, (H, W, 3))[0] * 20
+        return (ramp + noise).clamp(0, 255).to(torch.uint8)[None, None]
+
+    def _caption(self) -> tuple[Tensor | None, Tensor | None]:
+        setup, cfg = self.setup, self.setup.model.config
+        if not cfg.has_text:
+            return None, None
+        if setup.text_encoder is not None:
+            from ca2vdm_cli.text import encode_text
+
+            return encode_text(
+                setup.tokenizer, setup.text_encoder, [self.options.prompt], setup.text_max_length, self.device
+            )
+        # no text encoder (random weights): caption features of the right shape stand in for T5's output
+        N = cfg.model_max_length
+        y = seeded_noise([self.options.seed], "bench-caption", 0, (N, cfg.caption_channels)).to(self.device)
+        return y, torch.ones(1, N, device=self.device)
+
+    def _run_once(
+        self, engine: CacheEngine | RecomputeEngine, given: Tensor, sampling: Any, trace: bool = False
+    ) -> Run:
+        from ca2vdm_cli.vae import decode_latents, encode_frames
+
+        setup, opts, device, memory = self.setup, self.options, self.device, self.memory
+        cuda = device.type == "cuda"
+        tracer = TensorTrace() if trace else None
+        engine.reset()
+        synchronize(device)
+        memory.reset()
+        clock = StepTimer(device)
+        step_peaks: list[int] = []
+        peaks: list[int] = []
+        decoding = opts.decode and setup.vae is not None
+        with tracer if tracer is not None else contextlib.nullcontext():
+            clock.mark()  # 0: start
+            y, y_mask = self._caption()
+            clock.mark()  # 1: caption encoded
+            if setup.vae is not None:
+                prefix = encode_frames(setup.vae, given, setup.vae_scaling, seeds=[opts.seed])
+            else:
+                cfg = setup.model.config
+                prefix = seeded_noise([opts.seed], "bench-latent", 0, (cfg.in_channels, 1, *cfg.latent_size))
+                prefix = prefix.to(device)
+            clock.mark()  # 2: given frame encoded
+            kw = dict(
+                num_frames=opts.frames, seeds=[opts.seed], prefix=prefix, y=y, y_mask=y_mask, engine=engine
+            )
+            chunks = iter(sample_video(setup.model, sampling, **kw))
+            # no synchronisation in this loop: CUDA times are events, CUDA peaks host-side allocator counts
+            for k in itertools.count():
+                peaks.append(memory.peak())
+                memory.reset()
+                start = memory.current() if cuda else 0
+                with tracer.window(f"ar-step-{k}") if tracer is not None else contextlib.nullcontext():
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                clock.mark()  # AR step k done
+                if cuda:
+                    step_peaks.append(memory.peak() - start)
+                if decoding:
+                    decode_latents(setup.vae, chunk, setup.vae_scaling, micro_batch=opts.decode_batch)
+                clock.mark()  # decoded (a zero-length interval without decoding)
+        gaps = clock.intervals()
+        if tracer is not None:
+            traced = tracer.peaks()
+            step_peaks = [traced[f"ar-step-{k}"] for k in range(len(gaps[2:]) // 2)]
+        text_s, encode_s, rest = gaps[0], gaps[1], gaps[2:]
+        step_s, decode_s = rest[0::2], rest[1::2]
+        cpu = clock.cpu_intervals()
+        return Run(
+            step_s=step_s,
+            step_cpu_s=None if cpu is None else cpu[2::2],
+            step_peak_bytes=step_peaks if (cuda or tracer is not None) else None,
+            peak_bytes=max(peaks),
+            e2e_s=sum(gaps),
+            e2e_first_chunk_s=text_s + encode_s + step_s[0] + (decode_s[0] if decoding else 0.0),
+            text_encode_s=text_s if setup.text_encoder is not None else None,
+            vae_encode_s=encode_s if setup.vae is not None else None,
+            vae_decode_s=sum(decode_s) if decoding else None,
+        )
+
+    # ------------------------------------------------------------------ results
+    def _first_full(self) -> int:
+        """Index of the first AR step that denoises against a full queue (1 given frame + chunks)."""
+        written = 1
+        for k, n in enumerate(self.chunks):
+            if written >= self.sampling.cache_frames:
+                return k
+            written += n
+        return len(self.chunks) - 1
+
+    def _result(
+        self,
+        name: str,
+        engine: CacheEngine | RecomputeEngine,
+        runs: list[Run],
+        traced: list[Run],
+        peak: float | None,
+    ) -> EngineResult:
+        flops = run_flops(
+            self.setup.model.config,
+            name,
+            rows=self.rows,
+            prefix_frames=1,
+            chunks=self.chunks,
+            steps=self.sampling.steps,
+            cache_frames=self.sampling.cache_frames,
+        )
+        cache = engine.cache if isinstance(engine, CacheEngine) else None
+        kv = 0 if cache is None else cache.nbytes
+        scratch = 0 if cache is None else cache.scratch_nbytes
+        result = EngineResult(name, runs, flops, kv, scratch, self.options.stat, memory_runs=traced)
+        result.summary = summarise(result, self.options.frames, self._first_full(), peak)
+        return result
+
+    def _per_step_cache(self, engines: dict[str, Any]) -> dict[str, Any]:
+        """Accounting only: one K|V slice per denoising step (Live2Diff-style) instead of one shared one."""
+        cache = engines["cache"].cache if "cache" in engines else None
+        if cache is None:
+            model = self.setup.model
+            with torch.device("meta"):
+                cache = model.new_cache(self.rows, self.sampling.cache_frames)
+        steps = self.sampling.steps
+        return {
+            "denoising_steps": steps,
+            "kv_cache_bytes": steps * cache.nbytes,
+            "shared_cache_bytes": cache.nbytes,
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        setup, opts = self.setup, self.options
+        return {
+            "model": setup.name,
+            "weights": setup.source,
+            "params": setup.params,
+            "model_config": setup.model.config.to_dict(),
+            "sampling": self.sampling.to_dict(),
+            "resolution": [setup.height, setup.width],
+            "given_frames": 1,
+            "generated_frames": opts.frames,
+            "chunks": self.chunks,
+            "engines": list(opts.engines),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "acceleration": opts.accel.label,
+            "compile": opts.accel.compile,
+            "cuda_graphs": opts.accel.cuda_graphs,
+            "warmup_steps": opts.warmup_steps,
+            "warmup_excluded": True,
+            "repeat": opts.repeat,
+            "stat": opts.stat,
+            "decode": opts.decode and setup.vae is not None,
+            "decode_batch": opts.decode_batch,
+            "text_encoder": setup.text_encoder is not None,
+            "prompt": opts.prompt,
+            "seed": opts.seed,
+        }
