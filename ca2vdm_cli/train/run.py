@@ -46,32 +46,9 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
 
     torch.manual_seed(recipe["seed"])
     vae = vae_lib.build_vae(spec["config"])
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    size = int(vae.config.sample_size)
-    latent_shape = (int(vae.config.latent_channels), size // down, size // down)
-    settings = TrainSettings(
-        steps=int(spec.get("steps", 1000)),
-        batch_size=int(spec.get("batch_size", 16)),
-        lr=float(spec.get("lr", 1e-3)),
-        warmup_steps=int(spec.get("warmup_steps", 50)),
-        min_lr_ratio=float(spec.get("min_lr_ratio", 0.1)),
-        ema_decay=float(spec.get("ema_decay", 0.99)),
-        checkpoint_every=int(spec.get("checkpoint_every", 250)),
-        log_every=int(spec.get("log_every", 25)),
-    )
+    settings = _vae_settings(spec, steps=int(spec.get("steps", 1000)), lr=float(spec.get("lr", 1e-3)))
     objective = vae_lib.VAEObjective(vae, float(spec.get("kl_weight", 1e-6)))
-    trainer = Trainer(
-        objective,
-        vae_lib.vae_loss_fn(settings.batch_size, latent_shape),
-        settings,
-        info,
-        out / "checkpoints" / "vae",
-        stage="vae",
-        seed=recipe["seed"],
-    )
-    trainer.resume()
-    trainer.fit(on_log)
-    objective.load_state_dict(trainer.ema_state_dict())
+    _fit_vae(objective, vae, settings, "vae", recipe, out, info, on_log)
     vae.eval()
     scaling = 1.0 / vae_lib.latent_std(vae, info.device)
     vae.register_to_config(scaling_factor=scaling)
@@ -99,32 +76,14 @@ def decoder_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: Log
     steps = int(spec.get("decoder_steps", 0))
     if steps <= 0:
         return vae.eval()
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    size = int(vae.config.sample_size)
-    latent_shape = (int(vae.config.latent_channels), size // down, size // down)
-    settings = TrainSettings(
+    settings = _vae_settings(
+        spec,
         steps=steps,
-        batch_size=int(spec.get("decoder_batch_size", spec.get("batch_size", 16))),
         lr=float(spec.get("decoder_lr", 3e-4)),
-        warmup_steps=int(spec.get("warmup_steps", 50)),
-        min_lr_ratio=float(spec.get("min_lr_ratio", 0.1)),
-        ema_decay=float(spec.get("ema_decay", 0.99)),
-        checkpoint_every=int(spec.get("checkpoint_every", 250)),
-        log_every=int(spec.get("log_every", 25)),
+        batch_size=int(spec.get("decoder_batch_size", spec.get("batch_size", 16))),
     )
     objective = vae_lib.DecoderObjective(vae, float(spec.get("foreground_weight", 10.0)))
-    trainer = Trainer(
-        objective,
-        vae_lib.vae_loss_fn(settings.batch_size, latent_shape),
-        settings,
-        info,
-        out / "checkpoints" / "decoder",
-        stage="decoder",
-        seed=recipe["seed"],
-    )
-    trainer.resume()
-    trainer.fit(on_log)
-    objective.load_state_dict(trainer.ema_state_dict())
+    _fit_vae(objective, vae, settings, "decoder", recipe, out, info, on_log)
     vae.eval()
     report = vae_lib.reconstruction_report(vae, float(vae.config.scaling_factor), info.device)
     logger.info("decoder: mae=%.3f bad_pixels=%.5f", *report.values())
@@ -133,6 +92,44 @@ def decoder_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: Log
         (out / "decoder-report.json").write_text(json.dumps(report, indent=2))
     barrier(info)
     return vae
+
+
+def _vae_settings(
+    spec: dict[str, Any], *, steps: int, lr: float, batch_size: int | None = None
+) -> TrainSettings:
+    """Trainer settings for a VAE stage from the recipe's [vae] table."""
+    return TrainSettings(
+        steps=steps,
+        batch_size=batch_size if batch_size is not None else int(spec.get("batch_size", 16)),
+        lr=lr,
+        warmup_steps=int(spec.get("warmup_steps", 50)),
+        min_lr_ratio=float(spec.get("min_lr_ratio", 0.1)),
+        ema_decay=float(spec.get("ema_decay", 0.99)),
+        checkpoint_every=int(spec.get("checkpoint_every", 250)),
+        log_every=int(spec.get("log_every", 25)),
+    )
+
+
+def _fit_vae(objective, vae, settings: TrainSettings, stage: str, recipe, out: Path, info, on_log) -> None:
+    """Train `objective` (a VAE or decoder objective over `vae`) on sprite frames, resuming from
+    OUT/checkpoints/<stage>/, and leave the EMA weights in it."""
+    from ca2vdm_cli.train import vae as vae_lib
+
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = int(vae.config.sample_size)
+    latent_shape = (int(vae.config.latent_channels), size // down, size // down)
+    trainer = Trainer(
+        objective,
+        vae_lib.vae_loss_fn(settings.batch_size, latent_shape),
+        settings,
+        info,
+        out / "checkpoints" / stage,
+        stage=stage,
+        seed=recipe["seed"],
+    )
+    trainer.resume()
+    trainer.fit(on_log)
+    objective.load_state_dict(trainer.ema_state_dict())
 
 
 def raise_config(message: str) -> None:
