@@ -52,6 +52,32 @@ def caption(batch: int, cfg: ModelConfig, seed: int = 1, dtype: torch.dtype = to
     return y, mask
 
 
+def sample_chunks(
+    model, config, engine="cache", frames=24, seeds=(1, 2), prefix_frames=1, **kw
+) -> list[torch.Tensor]:
+    """The chunks `sample_video` yields for a random latent prefix of `prefix_frames` frames (8×8) and the
+    test caption, one sample per seed."""
+    from ca2vdm_cli.autoregressive import sample_video
+
+    B = len(seeds)
+    g = torch.Generator().manual_seed(9)
+    prefix = torch.randn(B, 4, prefix_frames, 8, 8, generator=g) if prefix_frames else None
+    y, mask = caption(B, model.config, dtype=next(model.parameters()).dtype)
+    return list(
+        sample_video(
+            model,
+            config,
+            num_frames=frames,
+            seeds=list(seeds),
+            prefix=prefix,
+            y=y,
+            y_mask=mask,
+            engine=engine,
+            **kw,
+        )
+    )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory, monkeypatch):
     """Point every cache/config directory at a temp dir and forbid hub network access."""

@@ -9,28 +9,13 @@ import pytest
 import torch
 
 from ca2vdm_cli.accel import GraphedStep
-from ca2vdm_cli.autoregressive import make_engine, sample_video
+from ca2vdm_cli.autoregressive import make_engine
 from ca2vdm_cli.config import SamplingConfig
-from tests.conftest import caption, tiny_model
+from tests.conftest import caption, sample_chunks, tiny_model
 
 
-def run(model, config, engine, frames=20, seeds=(1,), prefix_frames=1, **kw):
-    B = len(seeds)
-    g = torch.Generator().manual_seed(9)
-    prefix = torch.randn(B, 4, prefix_frames, 8, 8, generator=g) if prefix_frames else None
-    y, mask = caption(B, model.config)
-    return list(
-        sample_video(
-            model,
-            config,
-            num_frames=frames,
-            seeds=list(seeds),
-            prefix=prefix,
-            y=y,
-            y_mask=mask,
-            engine=engine,
-        )
-    )
+def run(model, config, engine, frames=20):
+    return sample_chunks(model, config, engine, frames=frames, seeds=(1,))
 
 
 @pytest.mark.parametrize("engine", ["cache", "recompute", "recompute-full"])

@@ -5,31 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.autoregressive import chunk_lengths, sample_video
+from ca2vdm_cli.autoregressive import chunk_lengths
 from ca2vdm_cli.config import SamplingConfig
 from ca2vdm_cli.errors import ConfigError
-from tests.conftest import caption, tiny_model
+from tests.conftest import sample_chunks, tiny_model
 
 
 def run(model, config, frames=24, seeds=(1, 2), engine="cache", prefix_frames=1, **kw):
-    cfg = model.config
-    B = len(seeds)
-    g = torch.Generator().manual_seed(9)
-    prefix = torch.randn(B, 4, prefix_frames, 8, 8, generator=g) if prefix_frames else None
-    y, mask = caption(B, cfg, dtype=next(model.parameters()).dtype)
-    return list(
-        sample_video(
-            model,
-            config,
-            num_frames=frames,
-            seeds=list(seeds),
-            prefix=prefix,
-            y=y,
-            y_mask=mask,
-            engine=engine,
-            **kw,
-        )
-    )
+    return sample_chunks(model, config, engine, frames=frames, seeds=seeds, prefix_frames=prefix_frames, **kw)
 
 
 @pytest.mark.parametrize("perturb", [0, 50])
