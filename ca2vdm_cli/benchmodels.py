@@ -186,18 +186,14 @@ def _unknown(name: str, why: str) -> InputError:
 
 
 def _preset_card(name: str) -> tuple[ModelCard, Path | None]:
-    try:
-        from ca2vdm_cli.presets import embedded_dir, load_preset
-    except ImportError:
-        raise _unknown(name, "not a directory, and this build has no preset list") from None
+    from ca2vdm_cli.presets import embedded_dir, load_preset
+
     return load_preset(name), embedded_dir(name)
 
 
 def _resolve(name: str) -> Path:
-    try:
-        from ca2vdm_cli.weights import resolve_model
-    except ImportError:
-        raise _unknown(name, "not a directory, and this build cannot resolve presets") from None
+    from ca2vdm_cli.weights import resolve_model
+
     return resolve_model(name)
 
 

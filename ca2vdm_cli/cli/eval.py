@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,19 +24,6 @@ ROWS = (
     ("motion_last", "motion axes, last 40"),
     ("boundary_ratio", "boundary/inside change"),
 )
-
-
-def _resolve_model(model: str) -> Path:
-    path = Path(model)
-    if path.is_dir():
-        return path
-    try:
-        from ca2vdm_cli.weights import resolve_model
-    except ImportError:
-        from ca2vdm_cli.errors import InputError
-
-        raise InputError(f"--model {model}: no such model directory") from None
-    return Path(resolve_model(model))
 
 
 def _table(results: dict[str, dict[str, float]]) -> None:
@@ -90,6 +76,7 @@ def eval_(
     """
     import torch
 
+    from ca2vdm_cli.cli.settings import resolve_model_dir
     from ca2vdm_cli.errors import InputError
     from ca2vdm_cli.evaluate import evaluate_model, evaluate_world
     from ca2vdm_cli.modeldir import load_model_dir
@@ -106,7 +93,7 @@ def eval_(
         raise InputError("--caches is empty; use card,1")
     if threads:
         torch.set_num_threads(threads)
-    components = load_model_dir(_resolve_model(model), "cpu", torch.float32)
+    components = load_model_dir(resolve_model_dir(model), "cpu", torch.float32)
     if "text" in chosen and not components.card.text_to_video:
         raise InputError(f"model {components.card.name!r} cannot start from text; use --modes image")
     card = components.card

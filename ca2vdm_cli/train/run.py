@@ -307,17 +307,10 @@ def resolved_card(recipe: dict[str, Any], scaling_factor: float):
 
 def init_from_preset(name: str, info: DistInfo):
     """Components of a preset (e.g. opensora-v1-256) resolved by the weights module, ready to fine-tune."""
-    try:
-        from ca2vdm_cli.weights import resolve_model
-    except ImportError:
-        raise_config(
-            f"--init {name}: this build has no preset resolver (ca2vdm_cli.weights); "
-            "train from scratch with --config, or pass a local model directory to --init"
-        )
     from ca2vdm_cli.modeldir import load_model_dir
+    from ca2vdm_cli.weights import resolve_model
 
-    path = Path(name) if Path(name).is_dir() else resolve_model(name)
-    comps = load_model_dir(path, info.device, torch.float32)
+    comps = load_model_dir(resolve_model(name), info.device, torch.float32)
     comps.model.requires_grad_(True).train()
     return comps
 
