@@ -91,7 +91,10 @@ def bench(
         check_available()
     if threads is not None:
         torch.set_num_threads(threads)
+    from ca2vdm_cli.cli.progress import quiet_libraries
     from ca2vdm_cli.runtime import resolve_device, resolve_dtype
+
+    quiet_libraries(debug)
 
     names = tuple(e.strip() for e in engines.split(",") if e.strip())
     dev = resolve_device(device or "auto")

@@ -76,6 +76,7 @@ def eval_(
     """
     import torch
 
+    from ca2vdm_cli.cli.progress import quiet_libraries
     from ca2vdm_cli.cli.settings import resolve_model_dir
     from ca2vdm_cli.errors import InputError
     from ca2vdm_cli.evaluate import evaluate_model, evaluate_world
@@ -93,6 +94,7 @@ def eval_(
         raise InputError("--caches is empty; use card,1")
     if threads:
         torch.set_num_threads(threads)
+    quiet_libraries(debug)
     components = load_model_dir(resolve_model_dir(model), "cpu", torch.float32)
     if "text" in chosen and not components.card.text_to_video:
         raise InputError(f"model {components.card.name!r} cannot start from text; use --modes image")

@@ -111,6 +111,7 @@ def train(
     """
     import torch
 
+    from ca2vdm_cli.cli.progress import quiet_libraries
     from ca2vdm_cli.errors import ConfigError
     from ca2vdm_cli.train.checkpoint import list_checkpoints
     from ca2vdm_cli.train.loop import init_distributed
@@ -135,6 +136,7 @@ def train(
     interactive = info.is_main and not quiet and sys.stderr.isatty()
     progress = _Progress() if interactive else None
     _setup_logging(info.rank, quiet, progress.console if progress else None)
+    quiet_libraries(debug)
     if progress is not None:
         with progress:
             result = train_all(recipe, out, info, init=init, stages=chosen, on_log=progress)
