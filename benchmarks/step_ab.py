@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from ca2vdm_cli.config import ModelConfig
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.config import ModelConfig
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 torch.set_num_threads(1)
 cfg = ModelConfig(

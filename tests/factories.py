@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ca2vdm_cli.card import ModelCard
-from ca2vdm_cli.config import SamplingConfig
+from ca2vdm_cli.store.card import ModelCard
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import tiny_config, tiny_model
 
 
@@ -72,7 +72,7 @@ def tiny_card(
 
 def write_tiny_model_dir(path: Path, card_overrides: dict[str, Any] | None = None, **model_overrides) -> Path:
     """A complete, loadable model directory with random weights."""
-    from ca2vdm_cli.modeldir import save_model_dir
+    from ca2vdm_cli.store.modeldir import save_model_dir
 
     card = tiny_card(card_overrides=card_overrides, **model_overrides)
     model = tiny_model(**model_overrides)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ca2vdm_cli.jobs import output_name, parse_jobs
-from ca2vdm_cli.video import probe_video
+from ca2vdm_cli.engine.jobs import output_name, parse_jobs
+from ca2vdm_cli.media.video import probe_video
 from tests.cli_helpers import ROOT, cli_env
 from tests.factories import write_tiny_model_dir
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ca2vdm_cli.autoregressive import make_engine, sample_video
-from ca2vdm_cli.cache import KVCache
-from ca2vdm_cli.config import SamplingConfig
+from ca2vdm_cli.engine.loop import make_engine, sample_video
+from ca2vdm_cli.models.stdit.cache import KVCache
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import tiny_model
 
 M, L_MAX, CHUNK = 33, 25, 8

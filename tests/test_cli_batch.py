@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ca2vdm_cli.jobs import output_name, parse_jobs
-from ca2vdm_cli.video import VideoWriter, probe_video, read_frames
+from ca2vdm_cli.engine.jobs import output_name, parse_jobs
+from ca2vdm_cli.media.video import VideoWriter, probe_video, read_frames
 from tests.cli_helpers import run_main, save_image
 from tests.factories import write_tiny_model_dir
 
@@ -167,7 +167,7 @@ def test_an_out_of_memory_item_fails_alone(batch, tmp_path, monkeypatch):
     leaves no empty video behind, and the next item renders."""
     import torch
 
-    from ca2vdm_cli.pipeline import Pipeline
+    from ca2vdm_cli.engine.pipeline import Pipeline
 
     decode, calls = Pipeline.decode, []
 
@@ -195,7 +195,7 @@ def test_sigterm_stops_the_batch_cleanly_and_a_rerun_resumes(batch, tmp_path, mo
     import os
     import signal
 
-    from ca2vdm_cli.pipeline import Pipeline
+    from ca2vdm_cli.engine.pipeline import Pipeline
 
     decode, calls = Pipeline.decode, []
 

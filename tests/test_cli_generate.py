@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.model import CausalSTDiT
-from ca2vdm_cli.video import probe_video
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.media.video import probe_video
 from tests.cli_helpers import run_main, save_image
 from tests.factories import write_tiny_model_dir
 

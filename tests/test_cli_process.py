@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ca2vdm_cli.video import probe_video, read_frames
+from ca2vdm_cli.media.video import probe_video, read_frames
 from tests.cli_helpers import ROOT, LiveProcess, cli_env, run_cli, run_main, save_image
 from tests.factories import write_tiny_model_dir
 

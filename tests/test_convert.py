@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm_cli.config import ModelConfig
-from ca2vdm_cli.convert import (
+from ca2vdm_cli.models.stdit.config import ModelConfig
+from ca2vdm_cli.models.stdit.convert import (
     build_meta,
     convert_checkpoint,
     load_into_meta,
@@ -17,7 +17,7 @@ from ca2vdm_cli.convert import (
     unwrap_state_dict,
 )
 from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 from tests.conftest import caption, tiny_model
 from tests.opensora_reference import opensora_checkpoint, opensora_forward
 from tests.test_official_layout import official_layout

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ca2vdm_cli.diffusion import Diffusion, guide, space_timesteps
+from ca2vdm_cli.sampling.ddpm import Diffusion, guide, space_timesteps
 from ca2vdm_cli.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.distributed import Ranks, rank_device, share_from_rank0
+from ca2vdm_cli.engine.distributed import Ranks, rank_device, share_from_rank0
 from ca2vdm_cli.errors import InputError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ca2vdm_cli import evaluate as ev
-from ca2vdm_cli import sprites
+from ca2vdm_cli.sprites import evaluate as ev
+from ca2vdm_cli.sprites import world as sprites
 
 PROMPT = "a red circle moving right and a blue square moving down"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.accel import Acceleration, GraphedStep, accelerate
-from ca2vdm_cli.autoregressive import make_engine, sample_video
-from ca2vdm_cli.config import SamplingConfig
+from ca2vdm_cli.engine.accel import Acceleration, GraphedStep, accelerate
+from ca2vdm_cli.engine.loop import make_engine, sample_video
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import caption, tiny_model
 
 pytestmark = [

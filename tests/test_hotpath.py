@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.accel import GraphedStep
-from ca2vdm_cli.autoregressive import make_engine
-from ca2vdm_cli.config import SamplingConfig
+from ca2vdm_cli.engine.accel import GraphedStep
+from ca2vdm_cli.engine.loop import make_engine
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import caption, sample_chunks, tiny_model
 
 

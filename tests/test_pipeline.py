@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ca2vdm_cli.errors import ConfigError, InputError
-from ca2vdm_cli.pipeline import GenerateRequest, Pipeline, check_inputs, estimate_cache_bytes
+from ca2vdm_cli.engine.pipeline import GenerateRequest, Pipeline, check_inputs, estimate_cache_bytes
 from tests.conftest import tiny_config, tiny_model
 from tests.factories import tiny_card, write_tiny_model_dir
 

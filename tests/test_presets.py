@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ca2vdm_cli.card import ModelCard, write_card
+from ca2vdm_cli.store.card import ModelCard, write_card
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.presets import PACKAGE, load_preset, packaged_weights, parse_sources, preset_names
-from ca2vdm_cli.weights import resolve_model
+from ca2vdm_cli.store.presets import PACKAGE, load_preset, packaged_weights, parse_sources, preset_names
+from ca2vdm_cli.store.weights import resolve_model
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +145,7 @@ def test_a_real_wheel_ships_the_cards(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in PRESETS:
         assert f"ca2vdm_cli/bundled_weights/{name}.json" in names
-    assert "ca2vdm_cli/weights.py" in names and "ca2vdm_cli/cli/download.py" in names
+    assert "ca2vdm_cli/store/weights.py" in names and "ca2vdm_cli/cli/download.py" in names
     # installed (not editable), the cards are found through the package from any working directory
     target = tmp_path / "site"
     subprocess.run(
@@ -153,7 +153,7 @@ def test_a_real_wheel_ships_the_cards(tmp_path):
         check=True,
         capture_output=True,
     )
-    code = "from ca2vdm_cli import presets as p; print(p.packaged_weights()); print(p.preset_names())"
+    code = "from ca2vdm_cli.store import presets as p; print(p.packaged_weights()); print(p.preset_names())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

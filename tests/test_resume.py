@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ca2vdm_cli.resume import Sidecar, fingerprint, inspect_output, model_identity, sidecar_dir
-from ca2vdm_cli.video import VideoWriter
+from ca2vdm_cli.engine.resume import Sidecar, fingerprint, inspect_output, model_identity, sidecar_dir
+from ca2vdm_cli.media.video import VideoWriter
 
 
 def test_chunks_round_trip_and_removal(tmp_path):

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from ca2vdm_cli.resume import sidecar_dir
-from ca2vdm_cli.video import probe_video, read_frames
+from ca2vdm_cli.engine.resume import sidecar_dir
+from ca2vdm_cli.media.video import probe_video, read_frames
 from tests.cli_helpers import LiveProcess, run_cli, run_main, save_image
 from tests.factories import write_tiny_model_dir
 

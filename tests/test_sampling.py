@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.autoregressive import chunk_lengths
-from ca2vdm_cli.config import SamplingConfig
+from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.errors import ConfigError
 from tests.conftest import sample_chunks, tiny_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ca2vdm_cli import sprites
+from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import InputError
 
 GRAMMAR = re.compile(

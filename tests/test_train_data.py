@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ca2vdm_cli import sprites
+from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import InputError
 from ca2vdm_cli.train import data
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ca2vdm_cli.diffusion import Diffusion
+from ca2vdm_cli.sampling.ddpm import Diffusion
 from ca2vdm_cli.train import objective as obj
 from tests.conftest import caption, tiny_model
 

@@ -14,7 +14,7 @@ from ca2vdm_cli.cli import (
     app,
     commands,  # noqa: F401  (registers the commands)
 )
-from ca2vdm_cli.modeldir import load_model_dir
+from ca2vdm_cli.store.modeldir import load_model_dir
 from ca2vdm_cli.train.checkpoint import list_checkpoints, load_checkpoint
 from ca2vdm_cli.train.loop import DistInfo
 from ca2vdm_cli.train.recipe import SPRITES, load_recipe, override
@@ -54,7 +54,7 @@ def test_export_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_all_stages_and_the_exported_model(tmp_path):
-    from ca2vdm_cli.evaluate import generate_batch
+    from ca2vdm_cli.sprites.evaluate import generate_batch
 
     torch.set_num_threads(1)
     model_dir = train_all(tiny_recipe(), tmp_path, CPU)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ca2vdm_cli.errors import InputError, OutputError
-from ca2vdm_cli.video import (
+from ca2vdm_cli.media.video import (
     CODECS,
     FrameDirWriter,
     VideoWriter,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ca2vdm_cli.cli.progress import GIB, format_seconds
 
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
-    from ca2vdm_cli.pipeline import ProgressEvent
+    from ca2vdm_cli.engine.pipeline import ProgressEvent
 
 
 class BatchReporter:
@@ -157,7 +157,7 @@ class ItemProgress:
         self._task = None
 
     def _gpu_text(self, sep: str) -> str:
-        from ca2vdm_cli.runtime import gpu_memory
+        from ca2vdm_cli.engine.runtime import gpu_memory
 
         if self.batch.device is None:
             return ""

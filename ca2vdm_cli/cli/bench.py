@@ -81,18 +81,18 @@ def bench(
     time and peak memory per AR step, KV-cache bytes, FLOPs, MFU and speedups."""
     import torch
 
-    from ca2vdm_cli.accel import Acceleration
-    from ca2vdm_cli.bench import Bench, BenchOptions
-    from ca2vdm_cli.benchmodels import load_setup
+    from ca2vdm_cli.engine.accel import Acceleration
+    from ca2vdm_cli.bench.runner import Bench, BenchOptions
+    from ca2vdm_cli.bench.setups import load_setup
 
     if plot is not None:
-        from ca2vdm_cli.benchplot import check_available
+        from ca2vdm_cli.bench.plot import check_available
 
         check_available()
     if threads is not None:
         torch.set_num_threads(threads)
     from ca2vdm_cli.cli.progress import quiet_libraries
-    from ca2vdm_cli.runtime import resolve_device, resolve_dtype
+    from ca2vdm_cli.engine.runtime import resolve_device, resolve_dtype
 
     quiet_libraries(debug)
 
@@ -146,7 +146,7 @@ def _outputs(report: dict[str, Any], json_out: str | None, plot: Path | None) ->
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
         print(json_out, flush=True)
     if plot is not None:
-        from ca2vdm_cli.benchplot import write_plot
+        from ca2vdm_cli.bench.plot import write_plot
 
         print(write_plot(report, plot), flush=True)
 

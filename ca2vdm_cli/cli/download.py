@@ -48,9 +48,9 @@ def download(
 
     Honours HF_TOKEN, HF_ENDPOINT (mirrors) and HF_HUB_OFFLINE. Progress goes to stderr.
     """
-    from ca2vdm_cli.card import read_card
-    from ca2vdm_cli.presets import embedded_dir, load_preset
-    from ca2vdm_cli.weights import prepare
+    from ca2vdm_cli.store.card import read_card
+    from ca2vdm_cli.store.presets import embedded_dir, load_preset
+    from ca2vdm_cli.store.weights import prepare
 
     _log_to_stderr()
     built_in = embedded_dir(preset)

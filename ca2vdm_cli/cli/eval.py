@@ -79,8 +79,8 @@ def eval_(
     from ca2vdm_cli.cli.progress import quiet_libraries
     from ca2vdm_cli.cli.settings import resolve_model_dir
     from ca2vdm_cli.errors import InputError
-    from ca2vdm_cli.evaluate import evaluate_model, evaluate_world
-    from ca2vdm_cli.modeldir import load_model_dir
+    from ca2vdm_cli.sprites.evaluate import evaluate_model, evaluate_world
+    from ca2vdm_cli.store.modeldir import load_model_dir
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     if not chosen or any(m not in ("image", "text") for m in chosen):

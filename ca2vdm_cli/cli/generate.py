@@ -126,8 +126,8 @@ def run_generate(
         resolve_model,
     )
     from ca2vdm_cli.errors import InputError
-    from ca2vdm_cli.runtime import resolve_device, resolve_dtype
-    from ca2vdm_cli.video import default_output_name
+    from ca2vdm_cli.engine.runtime import resolve_device, resolve_dtype
+    from ca2vdm_cli.media.video import default_output_name
 
     started = time.perf_counter()
     configure_logging(debug=debug, quiet=quiet)
@@ -170,7 +170,7 @@ def run_generate(
 
 def _result(plan: Any, pipeline: Any, seconds: float, gen_seconds: float) -> dict[str, Any]:
     """The JSON result (also the source of the human summary)."""
-    from ca2vdm_cli.runtime import dtype_name, gpu_memory, peak_rss_bytes
+    from ca2vdm_cli.engine.runtime import dtype_name, gpu_memory, peak_rss_bytes
 
     request, card, s = plan.request, plan.card, plan.inputs.sampling
     gpu = gpu_memory(pipeline.device)

@@ -127,7 +127,7 @@ def _ffmpeg() -> dict[str, str]:
 def _encoders() -> dict[str, str]:
     import av
 
-    from ca2vdm_cli.video import CODECS
+    from ca2vdm_cli.media.video import CODECS
 
     found = {}
     for name, spec in CODECS.items():

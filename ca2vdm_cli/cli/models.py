@@ -27,8 +27,8 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    from ca2vdm_cli.memory import count_parameters
-    from ca2vdm_cli.presets import cache_status, card_summary, load_preset, preset_names
+    from ca2vdm_cli.store.memory import count_parameters
+    from ca2vdm_cli.store.presets import cache_status, card_summary, load_preset, preset_names
 
     rows = []
     for name in preset_names():

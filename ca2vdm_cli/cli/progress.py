@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
-    from ca2vdm_cli.pipeline import ProgressEvent
+    from ca2vdm_cli.engine.pipeline import ProgressEvent
 
 GIB = 2**30
 
@@ -149,7 +149,7 @@ class Reporter:
         self.line(" · ".join(parts))
 
     def _gpu_text(self) -> str:
-        from ca2vdm_cli.runtime import gpu_memory
+        from ca2vdm_cli.engine.runtime import gpu_memory
 
         if self.device is None:
             return ""

@@ -52,7 +52,7 @@ class Interrupted(Exception):
 def resolve_model(settings: dict[str, Any], yes: bool) -> tuple[Path, Any]:
     """The local model directory and its checked card (downloads only with consent)."""
     from ca2vdm_cli.cli.settings import DEFAULT_MODEL, consent_prompt, resolve_model_dir
-    from ca2vdm_cli.modeldir import check_model_dir
+    from ca2vdm_cli.store.modeldir import check_model_dir
 
     model_dir = resolve_model_dir(settings.get("model") or DEFAULT_MODEL, consent_prompt(yes))
     return model_dir, check_model_dir(model_dir)
@@ -64,9 +64,9 @@ def plan_render(
     """Check one render in seconds. `settings` holds merged values with `seed` and `out` set."""
     from ca2vdm_cli.cli.settings import as_paths
     from ca2vdm_cli.errors import OutputError
-    from ca2vdm_cli.pipeline import DEFAULT_FRAMES, GenerateRequest, check_inputs
-    from ca2vdm_cli.resume import OutputState, Sidecar, inspect_output, sidecar_dir
-    from ca2vdm_cli.video import FrameDirWriter, check_codec, check_frame_size, check_output_path
+    from ca2vdm_cli.engine.pipeline import DEFAULT_FRAMES, GenerateRequest, check_inputs
+    from ca2vdm_cli.engine.resume import OutputState, Sidecar, inspect_output, sidecar_dir
+    from ca2vdm_cli.media.video import FrameDirWriter, check_codec, check_frame_size, check_output_path
 
     request = GenerateRequest(
         prompt=settings.get("prompt") or "",
@@ -120,8 +120,8 @@ def render_fingerprint(
     """The identity of a render's frames: a sidecar is only replayed into a render with the same one."""
     from dataclasses import asdict
 
-    from ca2vdm_cli.resume import file_sha256, fingerprint, model_identity
-    from ca2vdm_cli.runtime import dtype_name
+    from ca2vdm_cli.engine.resume import file_sha256, fingerprint, model_identity
+    from ca2vdm_cli.engine.runtime import dtype_name
 
     return fingerprint(
         {
@@ -143,7 +143,7 @@ def render_fingerprint(
 def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
     """Estimate the device memory before loading anything; refuse early when it cannot fit (CUDA)."""
     from ca2vdm_cli.errors import ConfigError
-    from ca2vdm_cli.memory import check_fits, describe_estimate, estimate_memory
+    from ca2vdm_cli.store.memory import check_fits, describe_estimate, estimate_memory
 
     if text_encoder not in ("device", "cpu", "free"):
         raise ConfigError(f"text_encoder = {text_encoder!r} must be device, cpu or free")
@@ -165,9 +165,9 @@ def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, text_encoder
     import torch
 
     from ca2vdm_cli.cli.progress import quiet_libraries
-    from ca2vdm_cli.modeldir import load_model_dir
-    from ca2vdm_cli.pipeline import Pipeline
-    from ca2vdm_cli.runtime import is_out_of_memory, out_of_memory_error
+    from ca2vdm_cli.store.modeldir import load_model_dir
+    from ca2vdm_cli.engine.pipeline import Pipeline
+    from ca2vdm_cli.engine.runtime import is_out_of_memory, out_of_memory_error
 
     quiet_libraries(debug)
     if device.type == "cuda":
@@ -187,9 +187,9 @@ def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, text_encoder
 
 def describe(plan: Plan, pipeline: Any) -> str:
     """The up-front line: where it runs, weight and KV-cache memory, and the shape of the job."""
-    from ca2vdm_cli.card import CARD_FILE
+    from ca2vdm_cli.store.card import CARD_FILE
     from ca2vdm_cli.cli.progress import format_bytes
-    from ca2vdm_cli.runtime import dtype_name
+    from ca2vdm_cli.engine.runtime import dtype_name
 
     s, weights = plan.inputs.sampling, pipeline.weight_bytes()
     rows = 2 if s.cfg_scale != 1.0 else 1
@@ -213,8 +213,8 @@ def render_video(plan: Plan, pipeline: Any, reporter: Any, stop: Any) -> float:
 
     from ca2vdm_cli.cli.interrupts import Stopped
     from ca2vdm_cli.errors import Ca2VDMError
-    from ca2vdm_cli.runtime import is_out_of_memory, out_of_memory_error
-    from ca2vdm_cli.video import VideoWriter
+    from ca2vdm_cli.engine.runtime import is_out_of_memory, out_of_memory_error
+    from ca2vdm_cli.media.video import VideoWriter
 
     card, request, s = plan.card, plan.request, plan.inputs.sampling
     if not request.replay:

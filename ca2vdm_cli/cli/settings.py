@@ -113,6 +113,6 @@ def consent_prompt(yes: bool) -> Callable[[str], bool]:
 def resolve_model_dir(name_or_path: str, consent: Callable[[str], bool] | None = None) -> Path:
     """A local model directory for `--model` (a directory, `sprites`, a preset or a card file); presets are
     downloaded only with consent."""
-    from ca2vdm_cli.weights import resolve_model
+    from ca2vdm_cli.store.weights import resolve_model
 
     return Path(resolve_model(name_or_path, consent=consent))

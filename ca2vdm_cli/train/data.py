@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ca2vdm_cli import sprites
+from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ca2vdm_cli.diffusion import Diffusion
+from ca2vdm_cli.sampling.ddpm import Diffusion
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 
 def allowed_prefix_lengths(chunk: int, cache_frames: int, p_zero: float, t2v: bool) -> list[int]:

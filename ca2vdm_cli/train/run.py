@@ -141,7 +141,7 @@ def raise_config(message: str) -> None:
 # ----------------------------------------------------------------------------- stage 2: latents
 def _frame_encoder(vae, scale: float, micro_batch: int = 64):
     """uint8 (B, T, H, W, 3) -> latents (B, c, T, h, w) × scaling factor (posterior means), on the CPU."""
-    from ca2vdm_cli.vae import encode_frames
+    from ca2vdm_cli.media.vae import encode_frames
 
     def encode(frames) -> torch.Tensor:
         return encode_frames(vae, torch.from_numpy(frames), scale, micro_batch=micro_batch).cpu()
@@ -210,7 +210,7 @@ def tokenize(tokenizer, captions: list[str], max_length: int) -> tuple[torch.Ten
 
 
 def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
-    from ca2vdm_cli.diffusion import Diffusion
+    from ca2vdm_cli.sampling.ddpm import Diffusion
     from ca2vdm_cli.train import objective as obj
 
     chunk, cache, M = card.sampling.chunk, card.sampling.cache_frames, card.model.max_tpe_len
@@ -280,7 +280,7 @@ def dit_stage(
 # ----------------------------------------------------------------------------- stage 4: export
 def export_stage(recipe: dict[str, Any], out: Path, card, module, vae, tokenizer, info: DistInfo) -> Path:
     """Write OUT/model: the card, the EMA transformer (in export.dtype), the VAE and the text encoder."""
-    from ca2vdm_cli.modeldir import save_model_dir
+    from ca2vdm_cli.store.modeldir import save_model_dir
 
     target = out / "model"
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[
@@ -298,7 +298,7 @@ def export_stage(recipe: dict[str, Any], out: Path, card, module, vae, tokenizer
 
 # ----------------------------------------------------------------------------- all stages
 def resolved_card(recipe: dict[str, Any], scaling_factor: float):
-    from ca2vdm_cli.card import ModelCard
+    from ca2vdm_cli.store.card import ModelCard
 
     card = dict(recipe["card"])
     card["vae"] = {**card.get("vae", {}), "scaling_factor": scaling_factor}
@@ -307,8 +307,8 @@ def resolved_card(recipe: dict[str, Any], scaling_factor: float):
 
 def init_from_preset(name: str, info: DistInfo):
     """Components of a preset (e.g. opensora-v1-256) resolved by the weights module, ready to fine-tune."""
-    from ca2vdm_cli.modeldir import load_model_dir
-    from ca2vdm_cli.weights import resolve_model
+    from ca2vdm_cli.store.modeldir import load_model_dir
+    from ca2vdm_cli.store.weights import resolve_model
 
     comps = load_model_dir(resolve_model(name), info.device, torch.float32)
     comps.model.requires_grad_(True).train()
@@ -325,7 +325,7 @@ def train_all(
     on_log: LogFn | None = None,
 ) -> Path | None:
     """Run the requested stages in order; returns the exported model directory (when exported)."""
-    from ca2vdm_cli.model import CausalSTDiT
+    from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ca2vdm_cli import sprites
+from ca2vdm_cli.sprites import world as sprites
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.block import CachedStep, PreparedText
+from ca2vdm_cli.models.stdit.block import CachedStep, PreparedText
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 

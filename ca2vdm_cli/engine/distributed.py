@@ -55,7 +55,7 @@ def rank_device(ranks: Ranks, requested: str) -> torch.device:
     """The device of this rank. Alone: `requested` as `runtime.resolve_device` reads it. Under torchrun
     each rank owns cuda:LOCAL_RANK (`auto` with CUDA, or `cuda`), or the CPU (`cpu`, or `auto` without CUDA);
     a fixed `cuda:i` would put every rank on one GPU and is refused."""
-    from ca2vdm_cli.runtime import resolve_device
+    from ca2vdm_cli.engine.runtime import resolve_device
 
     name = requested.strip().lower()
     if not ranks.distributed or name == "cpu":

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.autoregressive import ENGINES, chunk_lengths, sample_video
-from ca2vdm_cli.card import ModelCard
-from ca2vdm_cli.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.engine.loop import ENGINES, chunk_lengths, sample_video
+from ca2vdm_cli.store.card import ModelCard
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import ConfigError, InputError
-from ca2vdm_cli.modeldir import Components, load_model_dir
-from ca2vdm_cli.text import encode_text
-from ca2vdm_cli.vae import decode_latents, encode_frames
-from ca2vdm_cli.video import read_image
+from ca2vdm_cli.store.modeldir import Components, load_model_dir
+from ca2vdm_cli.media.text import encode_text
+from ca2vdm_cli.media.vae import decode_latents, encode_frames
+from ca2vdm_cli.media.video import read_image
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ca2vdm_cli.sprites import COLOURS, DIRECTIONS, HEADROOM, parse_prompt
+from ca2vdm_cli.sprites.world import COLOURS, DIRECTIONS, HEADROOM, parse_prompt
 
 COLOUR_TOLERANCE = 64.0  # half the smallest distance between two sprite colours (red–orange: 128)
 MIN_PIXELS = 20
@@ -137,9 +137,9 @@ def generate_batch(
     first_frames: uint8 (B, H, W, 3) or None (text-to-video). Returns uint8 (B, T, H, W, 3)."""
     import torch
 
-    from ca2vdm_cli.autoregressive import sample_video
-    from ca2vdm_cli.text import encode_text
-    from ca2vdm_cli.vae import decode_latents, encode_frames
+    from ca2vdm_cli.engine.loop import sample_video
+    from ca2vdm_cli.media.text import encode_text
+    from ca2vdm_cli.media.vae import decode_latents, encode_frames
 
     c, card = components, components.card
     device = next(c.model.parameters()).device
@@ -176,7 +176,7 @@ def evaluate_model(
     mode "image": the scene's first frame is given (as `--image first.png`); "text": text-to-video.
     `sampling` replaces the card's sampling settings; `cache_frames` its queue size (1 = no long
     context). Returns `aggregate` rates."""
-    from ca2vdm_cli import sprites
+    from ca2vdm_cli.sprites import world as sprites
 
     sampling = sampling if sampling is not None else components.card.sampling
     if cache_frames is not None:
@@ -197,7 +197,7 @@ def evaluate_model(
 
 def evaluate_world(num_prompts: int, num_frames: int, chunk: int, seed_base: int = 10**7, window: int = 40):
     """The same scores on the procedural videos themselves: the ceiling the metrics allow."""
-    from ca2vdm_cli import sprites
+    from ca2vdm_cli.sprites import world as sprites
 
     scores = []
     for seed in range(seed_base, seed_base + num_prompts):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.card import CARD_FILE, ModelCard, read_card
+from ca2vdm_cli.store.card import CARD_FILE, ModelCard, read_card
 from ca2vdm_cli.errors import ConfigError
 
 PACKAGE = "ca2vdm_cli.bundled_weights"

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.block import CachedStep, PreparedText
-from ca2vdm_cli.config import SamplingConfig
-from ca2vdm_cli.diffusion import Diffusion, guide
+from ca2vdm_cli.models.stdit.block import CachedStep, PreparedText
+from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.sampling.ddpm import Diffusion, guide
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.model import CausalSTDiT
-from ca2vdm_cli.noise import seeded_noise
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.engine.noise import seeded_noise
 
 ENGINES = ("cache", "recompute", "recompute-full")
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.accel import Acceleration, accelerate
-from ca2vdm_cli.autoregressive import (
+from ca2vdm_cli.engine.accel import Acceleration, accelerate
+from ca2vdm_cli.engine.loop import (
     ENGINES,
     CacheEngine,
     RecomputeEngine,
@@ -34,12 +34,12 @@ from ca2vdm_cli.autoregressive import (
     make_engine,
     sample_video,
 )
-from ca2vdm_cli.benchmodels import BenchSetup
-from ca2vdm_cli.benchreport import EngineResult, Report, Run, speedups, summarise
+from ca2vdm_cli.bench.setups import BenchSetup
+from ca2vdm_cli.bench.report import EngineResult, Report, Run, speedups, summarise
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.flops import run_flops
-from ca2vdm_cli.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
-from ca2vdm_cli.noise import seeded_noise
+from ca2vdm_cli.models.stdit.flops import run_flops
+from ca2vdm_cli.bench.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
+from ca2vdm_cli.engine.noise import seeded_noise
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Bench:
         if not cfg.has_text:
             return None, None
         if setup.text_encoder is not None:
-            from ca2vdm_cli.text import encode_text
+            from ca2vdm_cli.media.text import encode_text
 
             return encode_text(
                 setup.tokenizer, setup.text_encoder, [self.options.prompt], setup.text_max_length, self.device
@@ -168,7 +168,7 @@ class Bench:
     def _run_once(
         self, engine: CacheEngine | RecomputeEngine, given: Tensor, sampling: Any, trace: bool = False
     ) -> Run:
-        from ca2vdm_cli.vae import decode_latents, encode_frames
+        from ca2vdm_cli.media.vae import decode_latents, encode_frames
 
         setup, opts, device, memory = self.setup, self.options, self.device, self.memory
         cuda = device.type == "cuda"

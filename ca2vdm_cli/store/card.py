@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import ConfigError
 
 CARD_FILE = "ca2vdm.json"

@@ -158,7 +158,7 @@ def inspect_output(out: str | Path, sidecar: Sidecar, frames: int, width: int, h
 
 def video_problem(path: Path, frames: int, width: int, height: int) -> str | None:
     """Why `path` is not a finished video of `frames` frames at width x height (None: it is)."""
-    from ca2vdm_cli.video import probe_video
+    from ca2vdm_cli.media.video import probe_video
 
     try:
         info = probe_video(path)

@@ -11,8 +11,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
-from ca2vdm_cli.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import Ca2VDMError
 
 GIB = 1024**3

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.noise import seeded_noise
+from ca2vdm_cli.engine.noise import seeded_noise
 
 
 def _vae_params(vae: Any) -> tuple[torch.device, torch.dtype]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ca2vdm_cli.card import ModelCard, read_card
-from ca2vdm_cli.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.store.card import ModelCard, read_card
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +186,13 @@ def _unknown(name: str, why: str) -> InputError:
 
 
 def _preset_card(name: str) -> tuple[ModelCard, Path | None]:
-    from ca2vdm_cli.presets import embedded_dir, load_preset
+    from ca2vdm_cli.store.presets import embedded_dir, load_preset
 
     return load_preset(name), embedded_dir(name)
 
 
 def _resolve(name: str) -> Path:
-    from ca2vdm_cli.weights import resolve_model
+    from ca2vdm_cli.store.weights import resolve_model
 
     return resolve_model(name)
 
@@ -211,7 +211,7 @@ def _arch_setup(arch: str, device: torch.device, dtype: torch.dtype, seed: int) 
     if spec.text_model is not None and spec.model.has_text:
         from transformers import T5Config, T5EncoderModel
 
-        from ca2vdm_cli.text import load_tokenizer
+        from ca2vdm_cli.media.text import load_tokenizer
 
         torch.manual_seed(seed)
         config = T5Config(**spec.text_model, feed_forward_proj="gated-gelu")
@@ -239,7 +239,7 @@ def _dir_setup(
     seed: int,
     text_on_cpu: bool,
 ) -> BenchSetup:
-    from ca2vdm_cli.modeldir import check_model_dir, load_model_dir
+    from ca2vdm_cli.store.modeldir import check_model_dir, load_model_dir
 
     check_model_dir(path)
     text_device = torch.device("cpu") if text_on_cpu else None

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ca2vdm_cli.cache import KVCache
-from ca2vdm_cli.config import ModelConfig
-from ca2vdm_cli.layers import (
+from ca2vdm_cli.models.stdit.cache import KVCache
+from ca2vdm_cli.models.stdit.config import ModelConfig
+from ca2vdm_cli.models.stdit.layers import (
     Attention,
     CrossAttention,
     Mlp,

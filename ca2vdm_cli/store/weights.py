@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ca2vdm_cli.card import TEXT_ENCODER_DIR, TRANSFORMER_FILE, VAE_DIR, ModelCard, read_card, write_card
+from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, TRANSFORMER_FILE, VAE_DIR, ModelCard, read_card, write_card
 from ca2vdm_cli.errors import ConfigError, DownloadError
-from ca2vdm_cli.presets import (
+from ca2vdm_cli.store.presets import (
     Source,
     ca2vdm_cache,
     card_digest,
@@ -173,7 +173,7 @@ def _build(
     cache_dir: str | Path | None,
     consent: Consent | None,
 ) -> Prepared:
-    from ca2vdm_cli import hub
+    from ca2vdm_cli.store import hub as hub
 
     hub_dir = hub_cache(cache_dir)
     record = hub.HashRecord(ca2vdm_cache(cache_dir) / "verified.json")
@@ -238,7 +238,7 @@ def _ask(card: ModelCard, missing: list, consent: Consent | None) -> None:
 
 
 def _convert(src: Path, card: ModelCard, fmt: str | None, out: Path) -> None:
-    from ca2vdm_cli.convert import convert_checkpoint
+    from ca2vdm_cli.models.stdit.convert import convert_checkpoint
 
     logger.info("converting %s to %s (once)", src.name, out.name)
     convert_checkpoint(src, card.model, fmt or "", out)

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from ca2vdm_cli.errors import DownloadError
-from ca2vdm_cli.presets import Source, SourceFile, human_bytes
+from ca2vdm_cli.store.presets import Source, SourceFile, human_bytes
 
 logger = logging.getLogger(__name__)
 

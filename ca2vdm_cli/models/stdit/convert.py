@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 

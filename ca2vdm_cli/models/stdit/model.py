@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ca2vdm_cli.block import (
+from ca2vdm_cli.models.stdit.block import (
     CachedSpatial,
     CachedStep,
     CachedTemporal,
@@ -33,10 +33,10 @@ from ca2vdm_cli.block import (
     FullTemporal,
     PreparedText,
 )
-from ca2vdm_cli.cache import KVCache
-from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.models.stdit.cache import KVCache
+from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.errors import ConfigError, WeightsError
-from ca2vdm_cli.layers import (
+from ca2vdm_cli.models.stdit.layers import (
     CaptionEmbedder,
     FinalLayer,
     PatchEmbed3D,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ca2vdm_cli.config import ModelConfig
+from ca2vdm_cli.models.stdit.config import ModelConfig
 
 TIMESTEP_FEATURES = 256  # sinusoidal features fed to the timestep MLP
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ca2vdm_cli.card import (
+from ca2vdm_cli.store.card import (
     CARD_FILE,
     TEXT_ENCODER_DIR,
     TRANSFORMER_FILE,
@@ -21,7 +21,7 @@ from ca2vdm_cli.card import (
     write_card,
 )
 from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def load_model_dir(
     if card.model.has_text:
         from transformers import T5EncoderModel
 
-        from ca2vdm_cli.text import load_tokenizer
+        from ca2vdm_cli.media.text import load_tokenizer
 
         text_device = torch.device(text_device) if text_device is not None else device
         try:

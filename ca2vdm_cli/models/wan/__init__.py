@@ -1,0 +1,1 @@
+"""CausalWan: the causal Wan2.1 family (Self-Forcing, CausVid, Causal-Forcing, LongLive)."""

@@ -1,0 +1,1 @@
+"""Inference-time samplers: DDPM/IDDPM/DDIM maths, flow matching, guidance."""

@@ -1,0 +1,1 @@
+"""The procedural sprites world the embedded default model is trained on, and its metrics."""

@@ -1,0 +1,1 @@
+"""Model cards, presets, Hub downloads, resolution to a local model directory, memory planning."""
