@@ -57,7 +57,7 @@ def sample_chunks(
 ) -> list[torch.Tensor]:
     """The chunks `sample_video` yields for a random latent prefix of `prefix_frames` frames (8×8) and the
     test caption, one sample per seed."""
-    from ca2vdm_cli.engine.loop import sample_video
+    from ca2vdm_cli.models.stdit.family import sample_video
 
     B = len(seeds)
     g = torch.Generator().manual_seed(9)

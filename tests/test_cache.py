@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ca2vdm_cli.engine.loop import make_engine, sample_video
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
+from ca2vdm_cli.models.stdit.family import sample_video
 from ca2vdm_cli.models.stdit.cache import KVCache
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import tiny_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.denoisers import CacheDenoiser
 from ca2vdm_cli.media.video import probe_video
 from tests.cli_helpers import run_main, save_image
 from tests.factories import write_tiny_model_dir
@@ -150,7 +150,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, model_dir):
 
 
 def test_out_of_memory_names_the_knobs_and_keeps_the_finished_chunks(cli, model_dir, tmp_path, monkeypatch):
-    real_denoise = CausalSTDiT.denoise
+    real_denoise = CacheDenoiser.predict
     calls = []
 
     def denoise_until_memory_runs_out(self, *args, **kwargs):
@@ -159,7 +159,7 @@ def test_out_of_memory_names_the_knobs_and_keeps_the_finished_chunks(cli, model_
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_denoise(self, *args, **kwargs)
 
-    monkeypatch.setattr(CausalSTDiT, "denoise", denoise_until_memory_runs_out)
+    monkeypatch.setattr(CacheDenoiser, "predict", denoise_until_memory_runs_out)
     out = tmp_path / "v.mp4"
     first = save_image(tmp_path / "first.png")
     code, stdout, err = cli("generate", "--model", model_dir, "-p", "a", "-i", first, "--frames", 13,
@@ -213,3 +213,33 @@ def test_resume_needs_the_seed_and_excludes_overwrite(cli, model_dir, tmp_path):
                             "--out", out, "--resume", "--json")  # fmt: skip
     assert code == 0 and json.loads(stdout)["resumed_frames"] == 0
     assert probe_video(out).frames == 5 and not (tmp_path / "v.mp4.parts").exists()
+
+
+def test_an_output_directory_that_refuses_files_is_one_error_line(cli, model_dir):
+    """/proc passes the permission check as root, but no file can be created there: refused at planning,
+    before any weights are loaded, instead of a traceback from the resume data's mkdir."""
+    code, stdout, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 8, "--out", "/proc/x.mp4")
+    assert code == 1 and stdout == ""
+    assert err.startswith("error: --out /proc/x.mp4: cannot write files in /proc") and err.count("\n") == 1
+
+
+def test_a_chunk_longer_than_the_positions_suggests_a_valid_chunk(cli, model_dir, tmp_path):
+    code, _, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 8, "--chunk", 100,
+                       "--out", tmp_path / "v.mp4")  # fmt: skip
+    assert code == 1 and err.count("\n") == 1
+    assert "chunk=100" in err and "use chunk <= " in err and "<= -" not in err
+
+
+def test_compile_renders_the_same_video_as_eager(cli, model_dir, tmp_path):
+    """`generate --compile` goes through the same `engine.accel` code that `bench --compile` times."""
+    from ca2vdm_cli.media.video import read_frames
+
+    kw = ("--model", model_dir, "-p", "a red", "--frames", 6, "--seed", 1, "--json")
+    code, stdout, err = cli("generate", *kw, "--out", tmp_path / "eager.mp4")
+    assert code == 0, err
+    code, stdout, err = cli("generate", *kw, "--out", tmp_path / "compiled.mp4", "--compile")
+    assert code == 0, err
+    assert json.loads(stdout)["acceleration"] == "compile"
+    eager, compiled = read_frames(tmp_path / "eager.mp4"), read_frames(tmp_path / "compiled.mp4")
+    assert eager.shape == compiled.shape == (6, 32, 32, 3)
+    assert abs(eager.astype(float) - compiled.astype(float)).mean() < 1.0  # fp32 reorderings only

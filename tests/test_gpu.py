@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ca2vdm_cli.engine.accel import Acceleration, GraphedStep, accelerate
-from ca2vdm_cli.engine.loop import make_engine, sample_video
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
+from ca2vdm_cli.models.stdit.family import sample_video
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import caption, tiny_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ca2vdm_cli.engine.accel import GraphedStep
-from ca2vdm_cli.engine.loop import make_engine
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import caption, sample_chunks, tiny_model
 

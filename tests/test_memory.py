@@ -14,11 +14,10 @@ from ca2vdm_cli.store.memory import (
     GIB,
     MemoryPlanError,
     check_fits,
-    count_buffers,
-    count_parameters,
     estimate_memory,
     safetensors_numel,
 )
+from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters
 from ca2vdm_cli.store.presets import load_preset, preset_names
 from tests.conftest import tiny_config, tiny_model
 

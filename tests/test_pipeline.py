@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from ca2vdm_cli.errors import ConfigError, InputError
-from ca2vdm_cli.engine.pipeline import GenerateRequest, Pipeline, check_inputs, estimate_cache_bytes
+from ca2vdm_cli.engine.pipeline import Pipeline
+from ca2vdm_cli.engine.request import GenerateRequest, check_inputs
+from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
 from tests.conftest import tiny_config, tiny_model
 from tests.factories import tiny_card, write_tiny_model_dir
 
@@ -27,10 +29,11 @@ def first_frame(tmp_path):
     return path
 
 
-def run(pipeline, **kw):
+def run(pipeline, replay=(), **kw):
+    """The chunks of one request, and its progress events of the AR steps (not those of encoding)."""
     events = []
-    chunks = list(pipeline.generate(GenerateRequest(**kw), events.append))
-    return chunks, events
+    chunks = list(pipeline.generate(GenerateRequest(**kw), events.append, replay=replay))
+    return chunks, [e for e in events if e.stage in ("denoise", "denoised", "chunk")]
 
 
 def test_frames_counts_the_given_frame_and_chunks_stream_in_order(pipeline, first_frame):
@@ -132,6 +135,6 @@ def test_cache_estimate_equals_the_allocated_cache(pe_mode, pe_frames, cfg_scale
     model = tiny_model(dtype=torch.bfloat16, pe_mode=pe_mode, pe_frames=pe_frames)
     rows = 2 if cfg_scale != 1.0 else 1
     expected = model.new_cache(rows, 9).nbytes
-    assert estimate_cache_bytes(config, rows, 9, torch.bfloat16) == expected
+    assert kv_cache_bytes(config, rows, 9, 2) == expected
     # D·rows·(L + N)·S·2C·bytes, spelled out for the tiny model (D=3, S=16, C=64, bf16)
     assert expected == 3 * rows * (9 + pe_frames) * 16 * 2 * 64 * 2

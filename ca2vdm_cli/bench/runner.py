@@ -22,18 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ca2vdm_cli.engine.accel import Acceleration, accelerate
-from ca2vdm_cli.engine.loop import (
-    ENGINES,
-    CacheEngine,
-    RecomputeEngine,
-    chunk_lengths,
-    make_engine,
-    sample_video,
-)
+from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.engine.pipeline import Pipeline
+from ca2vdm_cli.engine.request import CheckedInputs, GenerateRequest, ProgressEvent
+from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, make_denoiser
 from ca2vdm_cli.bench.setups import BenchSetup
 from ca2vdm_cli.bench.report import EngineResult, Report, Run, speedups, summarise
 from ca2vdm_cli.errors import InputError
@@ -93,13 +90,15 @@ class Bench:
         self.rows = 2 if self.sampling.cfg_scale != 1.0 else 1
         self.chunks = chunk_lengths(options.frames, self.sampling.chunk)
         self.memory = PeakMemory(self.device)
+        caption = self._caption if setup.model.config.has_text and setup.text_encoder is None else None
+        self.pipeline = Pipeline(setup.components(self.sampling), encode_caption=caption)
 
     def run(self) -> Report:
         opts, setup = self.options, self.setup
         environment = describe(self.device)
         step, forward = accelerate(setup.model, opts.accel, self.device)
         engines = {
-            name: make_engine(
+            name: make_denoiser(
                 name,
                 setup.model,
                 self.rows,
@@ -143,78 +142,81 @@ class Bench:
         )
 
     # ------------------------------------------------------------------ one run
-    def _given_frame(self) -> Tensor:
+    def _given_frame(self) -> np.ndarray:
         """A deterministic RGB frame (1, 1, H, W, 3) uint8: a colour gradient with seeded noise."""
         H, W = self.setup.height, self.setup.width
         ramp = torch.linspace(0, 255, W)[None, :, None].expand(H, W, 3)
         noise = seeded_noise([self.options.seed], "bench-frame", 0, (H, W, 3))[0] * 20
-        return (ramp + noise).clamp(0, 255).to(torch.uint8)[None, None]
+        return (ramp + noise).clamp(0, 255).to(torch.uint8)[None, None].numpy()
 
-    def _caption(self) -> tuple[Tensor | None, Tensor | None]:
-        setup, cfg = self.setup, self.setup.model.config
-        if not cfg.has_text:
-            return None, None
-        if setup.text_encoder is not None:
-            from ca2vdm_cli.media.text import encode_text
-
-            return encode_text(
-                setup.tokenizer, setup.text_encoder, [self.options.prompt], setup.text_max_length, self.device
-            )
-        # no text encoder (random weights): caption features of the right shape stand in for T5's output
+    def _caption(self, prompts: list[str]) -> tuple[Tensor | None, Tensor | None]:
+        """Caption features of T5's shape standing in for a text encoder (random weights, no encoder)."""
+        cfg = self.setup.model.config
         N = cfg.model_max_length
         y = seeded_noise([self.options.seed], "bench-caption", 0, (N, cfg.caption_channels)).to(self.device)
         return y, torch.ones(1, N, device=self.device)
 
-    def _run_once(
-        self, engine: CacheEngine | RecomputeEngine, given: Tensor, sampling: Any, trace: bool = False
-    ) -> Run:
-        from ca2vdm_cli.media.vae import decode_latents, encode_frames
+    def _prefix(self, given: np.ndarray) -> Tensor:
+        """The given frame's latents (1, c, 1, h, w): through the VAE, or seeded latents without one."""
+        if self.setup.vae is not None:
+            return self.pipeline.encode_images(given, [self.options.seed])
+        cfg = self.setup.model.config
+        prefix = seeded_noise([self.options.seed], "bench-latent", 0, (cfg.in_channels, 1, *cfg.latent_size))
+        return prefix.to(self.device)
 
+    def _run_once(self, engine: Any, given: np.ndarray, sampling: Any, trace: bool = False) -> Run:
+        """One timed generation through the pipeline, with `engine` as its denoiser. Clock marks: start,
+        given frame encoded, caption encoded, then per AR step its end ("denoised") and the end of its
+        decoding (the chunk handed over)."""
         setup, opts, device, memory = self.setup, self.options, self.device, self.memory
         cuda = device.type == "cuda"
         tracer = TensorTrace() if trace else None
-        engine.reset()
         synchronize(device)
         memory.reset()
         clock = StepTimer(device)
         step_peaks: list[int] = []
         peaks: list[int] = []
         decoding = opts.decode and setup.vae is not None
-        with tracer if tracer is not None else contextlib.nullcontext():
-            clock.mark()  # 0: start
-            y, y_mask = self._caption()
-            clock.mark()  # 1: caption encoded
-            if setup.vae is not None:
-                prefix = encode_frames(setup.vae, given, setup.vae_scaling, seeds=[opts.seed])
-            else:
-                cfg = setup.model.config
-                prefix = seeded_noise([opts.seed], "bench-latent", 0, (cfg.in_channels, 1, *cfg.latent_size))
-                prefix = prefix.to(device)
-            clock.mark()  # 2: given frame encoded
-            kw = dict(
-                num_frames=opts.frames, seeds=[opts.seed], prefix=prefix, y=y, y_mask=y_mask, engine=engine
-            )
-            chunks = iter(sample_video(setup.model, sampling, **kw))
-            # no synchronisation in this loop: CUDA times are events, CUDA peaks host-side allocator counts
-            for k in itertools.count():
-                peaks.append(memory.peak())
-                memory.reset()
-                start = memory.current() if cuda else 0
-                with tracer.window(f"ar-step-{k}") if tracer is not None else contextlib.nullcontext():
-                    chunk = next(chunks, None)
-                if chunk is None:
-                    break
+        window = contextlib.ExitStack()
+        starts: list[int] = []
+
+        def begin_step(k: int) -> None:
+            peaks.append(memory.peak())
+            memory.reset()
+            starts.append(memory.current() if cuda else 0)
+            if tracer is not None:
+                window.enter_context(tracer.window(f"ar-step-{k}"))
+
+        def on_event(event: ProgressEvent) -> None:
+            if event.stage == "text":
+                clock.mark()  # 2: caption encoded
+            elif event.stage == "denoised":
+                window.close()
                 clock.mark()  # AR step k done
                 if cuda:
-                    step_peaks.append(memory.peak() - start)
-                if decoding:
-                    decode_latents(setup.vae, chunk, setup.vae_scaling, micro_batch=opts.decode_batch)
+                    step_peaks.append(memory.peak() - starts[-1])
+
+        inputs = CheckedInputs(sampling, None, self.chunks)
+        request = GenerateRequest(prompt=opts.prompt, frames=1 + opts.frames, seed=opts.seed)
+        with tracer if tracer is not None else contextlib.nullcontext():
+            clock.mark()  # 0: start
+            prefix = self._prefix(given)
+            clock.mark()  # 1: given frame encoded
+            chunks = self.pipeline.generate_batch(
+                [request], on_event, inputs=[inputs], prefix=prefix, denoiser=engine, decode=decoding
+            )
+            # no synchronisation in this loop: CUDA times are events, CUDA peaks host-side allocator counts
+            for k in itertools.count():
+                begin_step(k)
+                if next(chunks, None) is None:
+                    window.close()
+                    break
                 clock.mark()  # decoded (a zero-length interval without decoding)
         gaps = clock.intervals()
         if tracer is not None:
             traced = tracer.peaks()
             step_peaks = [traced[f"ar-step-{k}"] for k in range(len(gaps[2:]) // 2)]
-        text_s, encode_s, rest = gaps[0], gaps[1], gaps[2:]
+        encode_s, text_s, rest = gaps[0], gaps[1], gaps[2:]
         step_s, decode_s = rest[0::2], rest[1::2]
         cpu = clock.cpu_intervals()
         return Run(
@@ -242,7 +244,7 @@ class Bench:
     def _result(
         self,
         name: str,
-        engine: CacheEngine | RecomputeEngine,
+        engine: Any,
         runs: list[Run],
         traced: list[Run],
         peak: float | None,
@@ -256,7 +258,7 @@ class Bench:
             steps=self.sampling.steps,
             cache_frames=self.sampling.cache_frames,
         )
-        cache = engine.cache if isinstance(engine, CacheEngine) else None
+        cache = engine.cache if isinstance(engine, CacheDenoiser) else None
         kv = 0 if cache is None else cache.nbytes
         scratch = 0 if cache is None else cache.scratch_nbytes
         result = EngineResult(name, runs, flops, kv, scratch, self.options.stat, memory_runs=traced)

@@ -16,6 +16,7 @@ from ca2vdm_cli.store.card import ModelCard, read_card
 from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import InputError
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.store.modeldir import Components
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,22 @@ class BenchSetup:
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def components(self, sampling: SamplingConfig) -> Components:
+        """What the pipeline runs: these networks under a card that describes them."""
+        cfg = self.model.config
+        card = ModelCard(
+            name=self.name,
+            model=cfg,
+            sampling=sampling,
+            height=self.height,
+            width=self.width,
+            vae_scaling_factor=self.vae_scaling,
+            vae_downsample=self.height // cfg.latent_size[0],
+            text_max_length=self.text_max_length if cfg.has_text else cfg.model_max_length,
+            text_to_video=True,
+        )
+        return Components(card, self.model, self.vae, self.text_encoder, self.tokenizer, None)
 
 
 def random_transformer(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int) -> CausalSTDiT:

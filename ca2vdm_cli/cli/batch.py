@@ -77,6 +77,8 @@ def batch(
         Literal["device", "cpu"] | None,
         typer.Option("--text-encoder", help="T5 on the run device or kept on the CPU. [default: device]"),
     ] = None,
+    compile: options.Compile = False,
+    cuda_graphs: options.CudaGraphs = False,
     config: options.Config = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Render every item again, even finished ones.")
@@ -105,6 +107,8 @@ def batch(
         "crf": crf,
         "codec": codec,
         "text_encoder": text_encoder,
+        "compile": compile or None,
+        "cuda_graphs": cuda_graphs or None,
     }
     settings = merge_settings(flags, load_config_file(config, BATCH_KEYS) if config is not None else {})
     run = BatchRun(settings, out_dir, overwrite=overwrite, yes=yes, quiet=quiet, debug=debug)
@@ -314,8 +318,7 @@ class BatchRun:
         if self.pipeline is None:
             from ca2vdm_cli.cli.render import describe, load_pipeline
 
-            text_encoder = self.settings.get("text_encoder") or "device"
-            self.pipeline = load_pipeline(plan, self.device, self.dtype, self.debug, text_encoder)
+            self.pipeline = load_pipeline(plan, self.device, self.dtype, self.debug, self.settings)
             self.reporter.line(describe(plan, self.pipeline))
         return self.pipeline
 

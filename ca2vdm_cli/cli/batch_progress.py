@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ca2vdm_cli.cli.progress import GIB, format_seconds
 
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
-    from ca2vdm_cli.engine.pipeline import ProgressEvent
+    from ca2vdm_cli.engine.request import ProgressEvent
 
 
 class BatchReporter:
@@ -126,6 +126,8 @@ class ItemProgress:
         self.batch.line(f"{self.position} {message}")
 
     def on_event(self, ev: ProgressEvent) -> None:
+        if ev.stage not in ("denoise", "chunk"):  # encoding and hand-over marks
+            return
         if self.batch.mode == "quiet":
             return
         if self._started is None:

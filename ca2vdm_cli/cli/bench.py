@@ -47,10 +47,8 @@ def bench(
     ] = "cache,recompute,recompute-full",
     device: options.Device = None,
     dtype: options.Dtype = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising step.")] = False,
-    cuda_graphs: Annotated[
-        bool, typer.Option("--cuda-graphs", help="Capture the cached denoising step in CUDA graphs.")
-    ] = False,
+    compile: options.Compile = False,
+    cuda_graphs: options.CudaGraphs = False,
     json_out: Annotated[
         str | None,
         typer.Option("--json", metavar="FILE", help="Write the full report as JSON ('-': stdout)."),

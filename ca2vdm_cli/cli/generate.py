@@ -57,6 +57,8 @@ def generate(
     codec: options.Codec = None,
     frames_dir: Annotated[Path | None, typer.Option(help="Also write every frame as a PNG here.")] = None,
     text_encoder: options.TextEncoder = None,
+    compile: options.Compile = False,
+    cuda_graphs: options.CudaGraphs = False,
     config: options.Config = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     resume: Annotated[
@@ -97,6 +99,8 @@ def generate(
         "codec": codec,
         "frames_dir": None if frames_dir is None else str(frames_dir),
         "text_encoder": text_encoder,
+        "compile": compile or None,
+        "cuda_graphs": cuda_graphs or None,
     }
     settings = merge_settings(flags, load_config_file(config) if config is not None else {})
     if overwrite and resume:
@@ -153,7 +157,7 @@ def run_generate(
     elif existing == "resume" and plan.state.reason != "new":
         reporter.line(f"rendering {plan.out} from the start: {plan.state.reason}")
     reporter.line(check_memory(plan, device, dtype, settings.get("text_encoder") or "device"))
-    pipeline = load_pipeline(plan, device, dtype, debug, settings.get("text_encoder") or "device")
+    pipeline = load_pipeline(plan, device, dtype, debug, settings)
     reporter.line(describe(plan, pipeline))
     stop = StopRequests()
     try:
@@ -194,6 +198,7 @@ def _result(plan: Any, pipeline: Any, seconds: float, gen_seconds: float) -> dic
         "model_path": str(plan.model_dir),
         "device": str(pipeline.device),
         "dtype": dtype_name(pipeline.dtype),
+        "acceleration": pipeline.accel.label,
         "cache_bytes": pipeline.cache_bytes(s),
         "weights_bytes": sum(pipeline.weight_bytes().values()),
         "prompt": request.prompt,

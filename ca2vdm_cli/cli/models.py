@@ -27,7 +27,7 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    from ca2vdm_cli.store.memory import count_parameters
+    from ca2vdm_cli.models.stdit.sizes import count_parameters
     from ca2vdm_cli.store.presets import cache_status, card_summary, load_preset, preset_names
 
     rows = []

@@ -58,6 +58,13 @@ TextEncoder = Annotated[
     ),
 ]
 
+Compile = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the denoising step (pays off on long videos).")
+]
+CudaGraphs = Annotated[
+    bool, typer.Option("--cuda-graphs", help="Capture the cached denoising step in CUDA graphs (CUDA only).")
+]
+
 # ----------------------------------------------------------------------------- the video file
 Fps = Annotated[float | None, typer.Option(help="Frames per second. [default: model card]")]
 Crf = Annotated[

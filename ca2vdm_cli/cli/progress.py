@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
-    from ca2vdm_cli.engine.pipeline import ProgressEvent
+    from ca2vdm_cli.engine.request import ProgressEvent
 
 GIB = 2**30
 
@@ -103,6 +103,8 @@ class Reporter:
         )
 
     def on_event(self, ev: ProgressEvent) -> None:
+        if ev.stage not in ("denoise", "chunk"):  # encoding and hand-over marks
+            return
         if self.mode == "quiet":
             return
         if self._started is None:

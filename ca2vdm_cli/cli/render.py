@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ class Plan:
 
     model_dir: Path
     card: Any  # ModelCard
-    request: Any  # GenerateRequest (with `replay` when resuming)
+    request: Any  # GenerateRequest
     inputs: Any  # CheckedInputs
     out: Path
     codec: str
@@ -33,11 +33,12 @@ class Plan:
     frames_dir: Any  # FrameDirWriter | None
     sidecar: Any  # resume.Sidecar
     state: Any  # resume.OutputState: render | resume | skip
+    replay: tuple[Any, ...] = ()  # latents of the chunks saved by an interrupted render (resume)
 
     @property
     def resumed_frames(self) -> int:
         """Output frames that come from the sidecar rather than from new denoising."""
-        replayed = len(self.request.replay)
+        replayed = len(self.replay)
         return self.inputs.num_given + sum(self.inputs.chunks[:replayed]) if replayed else 0
 
 
@@ -64,7 +65,7 @@ def plan_render(
     """Check one render in seconds. `settings` holds merged values with `seed` and `out` set."""
     from ca2vdm_cli.cli.settings import as_paths
     from ca2vdm_cli.errors import OutputError
-    from ca2vdm_cli.engine.pipeline import DEFAULT_FRAMES, GenerateRequest, check_inputs
+    from ca2vdm_cli.engine.request import DEFAULT_FRAMES, GenerateRequest, check_inputs, check_replay
     from ca2vdm_cli.engine.resume import OutputState, Sidecar, inspect_output, sidecar_dir
     from ca2vdm_cli.media.video import FrameDirWriter, check_codec, check_frame_size, check_output_path
 
@@ -97,13 +98,15 @@ def plan_render(
     key = render_fingerprint(model_dir, card, request, inputs, device, dtype, codec, quality, fps)
     sidecar = Sidecar(out, key)
     state = OutputState("render", "overwrite" if out.exists() else "new")
+    replay: tuple[Any, ...] = ()
     if existing == "resume":
         state = inspect_output(out, sidecar, request.frames, card.width, card.height)
-        request = replace(request, replay=tuple(state.chunks))
+        replay = tuple(state.chunks)
+        check_replay(card, inputs, replay)
     frames_dir = None
     if settings.get("frames_dir"):  # rewritten from frame 0 on resume: the replayed chunks come back too
         frames_dir = FrameDirWriter(settings["frames_dir"], existing != "refuse")
-    return Plan(model_dir, card, request, inputs, out, codec, quality, fps, frames_dir, sidecar, state)
+    return Plan(model_dir, card, request, inputs, out, codec, quality, fps, frames_dir, sidecar, state, replay)
 
 
 def render_fingerprint(
@@ -161,7 +164,15 @@ def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
     return f"planned memory on {device}: {describe_estimate(estimate)}"
 
 
-def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, text_encoder: str) -> Any:
+def acceleration(settings: dict[str, Any]) -> Any:
+    """`--compile` / `--cuda-graphs` as the `engine.accel.Acceleration` that bench times too."""
+    from ca2vdm_cli.engine.accel import Acceleration
+
+    return Acceleration(compile=bool(settings.get("compile")), cuda_graphs=bool(settings.get("cuda_graphs")))
+
+
+def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, settings: dict[str, Any]) -> Any:
+    """Load the model directory into a pipeline with the run's text-encoder placement and acceleration."""
     import torch
 
     from ca2vdm_cli.cli.progress import quiet_libraries
@@ -169,13 +180,15 @@ def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, text_encoder
     from ca2vdm_cli.engine.pipeline import Pipeline
     from ca2vdm_cli.engine.runtime import is_out_of_memory, out_of_memory_error
 
+    text_encoder = settings.get("text_encoder") or "device"
+    accel = acceleration(settings)  # a CUDA-graph request on another device is refused by the pipeline
     quiet_libraries(debug)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
         text_device = "cpu" if text_encoder == "cpu" else None
         components = load_model_dir(plan.model_dir, device, dtype, text_device=text_device)
-        return Pipeline(components, free_text_encoder=text_encoder == "free")
+        return Pipeline(components, free_text_encoder=text_encoder == "free", accel=accel)
     except Exception as exc:
         if is_out_of_memory(exc):
             s = plan.inputs.sampling
@@ -217,7 +230,7 @@ def render_video(plan: Plan, pipeline: Any, reporter: Any, stop: Any) -> float:
     from ca2vdm_cli.media.video import VideoWriter
 
     card, request, s = plan.card, plan.request, plan.inputs.sampling
-    if not request.replay:
+    if not plan.replay:
         plan.sidecar.start()  # a fresh render: any stale sidecar of this output goes
     writer = VideoWriter(plan.out, card.width, card.height, plan.fps, plan.codec, plan.quality, s.chunk)
 
@@ -227,7 +240,7 @@ def render_video(plan: Plan, pipeline: Any, reporter: Any, stop: Any) -> float:
 
     started = time.perf_counter()
     try:
-        for piece in pipeline.generate(request, on_event, inputs=plan.inputs):
+        for piece in pipeline.generate(request, on_event, inputs=plan.inputs, replay=plan.replay):
             if piece.index >= 0 and not piece.replayed:
                 plan.sidecar.append(piece.latents)  # before the frames: a kill between them loses nothing
             writer.write(piece.frames)

@@ -42,6 +42,8 @@ GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "crf": ((int,), "an integer"),
     "codec": ((str,), "h264, av1 or mpeg4"),
     "frames_dir": ((str,), "a directory path"),
+    "compile": ((bool,), "true or false"),
+    "cuda_graphs": ((bool,), "true or false"),
 }
 
 # `ca2vdm batch --config`: the same keys minus what each item gives (prompt, out) or batch cannot do

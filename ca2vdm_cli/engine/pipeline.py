@@ -1,25 +1,24 @@
-"""Text + first image(s) → video frames, chunk by chunk.
+"""Text + first image(s) → video frames, chunk by chunk, for a batch of one or more videos.
 
-`Pipeline.generate` is the whole job as a short sequence of named steps:
-  1. check_inputs    frame count, images (resized/converted with notices), sampling settings → CheckedInputs
-  2. encode_prompt   tokenizer + T5 → caption (B, N, C_text) and mask; an empty prompt uses the null caption
-  3. encode_images   VAE posterior sample of the conditioning frames → prefix latents (1, c, P, h, w)
-  4. sample_video    the AR loop (`autoregressive.py`): the KV cache is shared by every denoising step
+`Pipeline.generate_batch` is the whole job as a short sequence of named steps; `generate` (one video),
+`batch`, `eval` and `bench` all go through it:
+  1. check_inputs    each request against the card (`request.py`) → CheckedInputs (once, at the edge)
+  2. encode_prompts  tokenizer + text encoder → caption (B, N, C_text) and mask; "" → the null caption
+  3. encode_images   VAE posterior sample of the conditioning frames → prefix latents (B, c, P, h, w)
+  4. sample_video    the family's AR loop: one KV cache, shared by every denoising step, written per chunk
   5. decode          each finished chunk through the VAE (micro-batched) → uint8 frames, yielded at once
 Nothing accumulates across chunks, so memory is bounded for any video length.
 
-`GenerateRequest.frames` is the total number of frames in the output video, the given frame(s) included:
-`--frames 49 --image a.png` yields 1 given + 48 generated frames. Each `FrameChunk` carries the latents
-of its new frames, which is what `GenerateRequest.replay` takes to resume an interrupted render: replayed
-chunks are written to the cache exactly as the first time and decoded again (`FrameChunk.replayed`), so
-the consumer receives the whole video once, whatever the point it resumed from.
+Resumed chunks (`replay`) are written to the cache exactly as the first time and decoded again
+(`FrameChunk.replayed`), so the consumer receives the whole video once, whatever the point it resumed
+from. The pipeline keeps its denoisers (cache buffers, compiled steps, captured CUDA graphs) across
+videos: a batch of renders pays for compilation once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,159 +26,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.engine.loop import ENGINES, chunk_lengths, sample_video
-from ca2vdm_cli.store.card import ModelCard
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
-from ca2vdm_cli.errors import ConfigError, InputError
-from ca2vdm_cli.store.modeldir import Components, load_model_dir
+from ca2vdm_cli.engine.accel import Acceleration, accelerate
+from ca2vdm_cli.engine.request import (
+    BatchChunk,
+    CheckedInputs,
+    FrameChunk,
+    GenerateRequest,
+    ProgressEvent,
+    check_inputs,
+    check_replay,
+)
+from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.media.text import encode_text
 from ca2vdm_cli.media.vae import decode_latents, encode_frames
-from ca2vdm_cli.media.video import read_image
+from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser
+from ca2vdm_cli.models.stdit.family import Engine, model_rows, sample_video
+from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
+from ca2vdm_cli.store.card import ModelCard
+from ca2vdm_cli.store.modeldir import Components, load_model_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FRAMES = 49  # 1 given frame + 6 chunks of 8: the spec's SkyTimelapse sampling length
-SAMPLING_FIELDS = ("steps", "sampler", "cfg_scale", "chunk", "cache_frames", "prefix_perturb_t", "ddim_eta")
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """One video to generate. Sampling fields left as None take the model card's defaults."""
-
-    prompt: str = ""
-    images: tuple[Path, ...] = ()  # conditioning frames, in order; empty = text-to-video (if the model can)
-    frames: int = DEFAULT_FRAMES  # total output frames, including the given image(s)
-    seed: int = 0
-    steps: int | None = None
-    sampler: str | None = None
-    cfg_scale: float | None = None
-    chunk: int | None = None
-    cache_frames: int | None = None
-    prefix_perturb_t: int | None = None
-    ddim_eta: float | None = None
-    engine: str = "cache"
-    replay: tuple[Tensor, ...] = ()  # latents of chunks already rendered (resume): re-cached and re-decoded
-    decode_batch: int = 16  # frames per VAE decode call
-
-    def sampling_overrides(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
-
-
-@dataclass
-class FrameChunk:
-    """Frames ready to be written. The first chunk of a fresh render starts with the given frame(s)."""
-
-    index: int  # AR step that produced the new frames (0-based; -1: the given frames alone)
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    latents: Tensor  # (1, c, l, h, w) float32 on the CPU: the new frames only (what `replay` takes)
-    start: int  # position of frames[0] in the output video
-    num_given: int = 0  # leading conditioning frames in `frames`
-    replayed: bool = False  # decoded from `GenerateRequest.replay`, not generated in this call
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """`stage` is "denoise" after each denoising step, and "chunk" once the consumer has taken a chunk (the
-    generator resumes only after the caller is done with it, e.g. has written it to the video)."""
-
-    stage: str
-    chunk: int  # 0-based AR step
-    num_chunks: int
-    step: int  # denoising steps finished in this chunk
-    num_steps: int
-    chunk_frames: int  # new frames in this chunk
-    frames_done: int  # output frames handed to the caller so far (the given frames count)
-    frames_total: int
-
-
 ProgressCallback = Callable[[ProgressEvent], None]
-
-
-@dataclass
-class CheckedInputs:
-    """A validated request: effective sampling settings, the prepared image pixels and what was adjusted."""
-
-    sampling: SamplingConfig
-    images: np.ndarray | None  # (P, H, W, 3) uint8, already at the model's resolution
-    chunks: list[int]  # new frames per AR step (replayed chunks included)
-    notices: list[str] = field(default_factory=list)
-
-    @property
-    def num_given(self) -> int:
-        return 0 if self.images is None else len(self.images)
-
-
-def sampling_config(card: ModelCard, request: GenerateRequest) -> SamplingConfig:
-    """The card's sampling defaults with the request's overrides; ConfigError names the first bad value."""
-    config = card.sampling.replace(**request.sampling_overrides())
-    config.validate(card.model)
-    return config
-
-
-def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
-    """Validate a request against a model card (no weights needed) and load the conditioning images.
-    InputError/ConfigError name the value and the fix; harmless adjustments become notices."""
-    if request.frames < 1:
-        raise InputError(
-            f"--frames {request.frames}: a video needs at least 1 frame (the count includes --image)"
-        )
-    if not 0 <= request.seed < 2**63:
-        raise InputError(f"--seed {request.seed} must be in 0..2^63-1")
-    if request.engine not in ENGINES:
-        raise ConfigError(f"engine {request.engine!r} is not one of {ENGINES}")
-    sampling = sampling_config(card, request)
-    notices: list[str] = []
-    num_given = len(request.images)
-    if num_given == 0 and not card.text_to_video:
-        raise InputError(
-            f"model {card.name!r} cannot start from text alone; pass a first frame with --image PATH"
-        )
-    if request.frames < num_given:
-        raise InputError(
-            f"--frames {request.frames} is fewer than the {num_given} given images; --frames counts the "
-            f"given frames too, so use --frames {num_given} or more"
-        )
-    limit = card.model.max_tpe_len
-    if card.model.tpe_mode == "fixed" and request.engine == "cache" and request.frames > limit:
-        raise InputError(
-            f"--frames {request.frames}: model {card.name!r} has fixed temporal positions and can make at "
-            f"most {limit} frames"
-        )
-    if request.prompt and not card.model.has_text:
-        notices.append(f"model {card.name!r} is not text-conditioned: the prompt is ignored")
-    elif not request.prompt and card.model.has_text:
-        notices.append("no prompt given: generating with the null caption (unconditional)")
-    images = None
-    if num_given:
-        pixels = []
-        for path in request.images:
-            image, image_notices = read_image(path, card.width, card.height)
-            pixels.append(image)
-            notices.extend(image_notices)
-        images = np.stack(pixels)  # (P, H, W, 3)
-    new_frames = request.frames - num_given
-    chunks = chunk_lengths(new_frames, sampling.chunk) if new_frames else []
-    if len(request.replay) > len(chunks):
-        raise InputError(
-            f"{len(request.replay)} chunks to resume from, but this request has only {len(chunks)} chunks"
-        )
-    c, (h, w) = card.model.in_channels, card.model.latent_size
-    for k, z in enumerate(request.replay):
-        if tuple(z.shape) != (1, c, chunks[k], h, w):
-            needed = (1, c, chunks[k], h, w)
-            raise InputError(
-                f"resumed chunk {k} has shape {tuple(z.shape)} but this request needs {needed} "
-                "(different --chunk, --frames or model?)"
-            )
-    return CheckedInputs(sampling, images, chunks, notices)
-
-
-def estimate_cache_bytes(config: ModelConfig, rows: int, cache_frames: int, dtype: torch.dtype) -> int:
-    """KV-cache size without allocating it: D·rows·L·S·2C (temporal K|V) + D·rows·N·S·2C (PE context),
-    times the element size. Equals `KVCache.nbytes` (spec §3.1; tested)."""
-    per_frame = config.depth * rows * config.tokens_per_frame * 2 * config.hidden_size
-    pe = config.pe_frames if config.has_pe else 0
-    return per_frame * (cache_frames + pe) * torch.empty((), dtype=dtype).element_size()
+CaptionFn = Callable[[list[str]], tuple[Tensor | None, Tensor | None]]
 
 
 def module_bytes(module: Any) -> int:
@@ -191,23 +61,39 @@ def module_bytes(module: Any) -> int:
 
 
 class Pipeline:
-    """Runs requests on loaded components (`modeldir.Components`); one model load serves many requests."""
+    """Runs requests on loaded components (`store.modeldir.Components`); one model load serves many."""
 
-    def __init__(self, components: Components, *, free_text_encoder: bool = False) -> None:
-        """`free_text_encoder`: drop the text encoder after the first prompt is encoded (one-shot runs on a
-        device too small to hold it next to the transformer)."""
+    def __init__(
+        self,
+        components: Components,
+        *,
+        free_text_encoder: bool = False,
+        accel: Acceleration = Acceleration(),
+        encode_caption: CaptionFn | None = None,
+    ) -> None:
+        """`free_text_encoder`: drop the text encoder after the first prompts are encoded (one-shot runs on a
+        device too small to hold it next to the transformer). `accel`: compile / CUDA-graph the denoising
+        step (`engine.accel`). `encode_caption` replaces the text encoder (bench runs with random weights)."""
         self.components = components
         self.free_text_encoder = free_text_encoder
         self.card: ModelCard = components.card
         self.model = components.model
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.accel = accel
+        self._step, self._forward = accelerate(self.model, accel, self.device)
+        self._encode_caption = encode_caption
+        self._denoisers: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def from_model_dir(
-        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        accel: Acceleration = Acceleration(),
     ) -> Pipeline:
-        return cls(load_model_dir(path, device, dtype))
+        return cls(load_model_dir(path, device, dtype), accel=accel)
 
     def weight_bytes(self) -> dict[str, int]:
         c = self.components
@@ -218,40 +104,66 @@ class Pipeline:
         }
 
     def cache_bytes(self, sampling: SamplingConfig, batch: int = 1) -> int:
-        rows = 2 * batch if sampling.cfg_scale != 1.0 else batch
-        return estimate_cache_bytes(self.card.model, rows, sampling.cache_frames, self.dtype)
+        nbytes = torch.empty((), dtype=self.dtype).element_size()
+        return kv_cache_bytes(self.card.model, model_rows(sampling, batch), sampling.cache_frames, nbytes)
+
+    def denoiser(self, engine: str, sampling: SamplingConfig, batch: int) -> Any:
+        """The pipeline's denoiser for `engine` at this batch and cache size, made once and kept."""
+        rows = model_rows(sampling, batch)
+        key = (engine, rows, sampling.cache_frames, sampling.chunk)
+        if key not in self._denoisers:
+            self._denoisers[key] = make_denoiser(
+                engine,
+                self.model,
+                rows,
+                sampling.cache_frames,
+                chunk_frames=sampling.chunk,
+                step=self._step,
+                forward=self._forward,
+            )
+        return self._denoisers[key]
 
     # ------------------------------------------------------------------ steps
-    def encode_prompt(self, prompt: str) -> tuple[Tensor | None, Tensor | None]:
-        """Caption (1, N, C_text) and mask (1, N); (None, None) means the null caption / no text."""
-        c = self.components
-        if not self.card.model.has_text or not prompt:
+    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor | None, Tensor | None]:
+        """Captions (B, N, C_text) and masks (B, N); (None, None) means the null caption / no text. An
+        empty prompt in a batch with others gets the null caption."""
+        if not self.card.model.has_text or not any(prompts):
             return None, None
-        tokens = len(c.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if tokens > self.card.text_max_length:
-            logger.warning(
-                "the prompt is %d tokens; only the first %d are used", tokens, self.card.text_max_length
-            )
+        if self._encode_caption is not None:
+            return self._encode_caption(prompts)
+        c = self.components
+        for prompt in prompts:
+            tokens = len(c.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            if tokens > self.card.text_max_length:
+                logger.warning(
+                    "the prompt is %d tokens; only the first %d are used", tokens, self.card.text_max_length
+                )
         if c.text_encoder is None:
             raise RuntimeError("the text encoder was freed after the first prompt (free_text_encoder=True)")
-        encoded = encode_text(
-            c.tokenizer, c.text_encoder, [prompt], self.card.text_max_length, device=self.device
-        )
+        y, mask = encode_text(c.tokenizer, c.text_encoder, prompts, self.card.text_max_length, self.device)
+        if not all(prompts):  # the null caption for the empty prompts, with a full mask
+            empty = torch.tensor([not p for p in prompts], device=y.device)
+            null = self.model.null_caption(len(prompts)).to(y.device, y.dtype)
+            y = torch.where(empty[:, None, None], null, y)
+            mask = torch.where(empty[:, None], torch.ones_like(mask), mask)
         if self.free_text_encoder:
             c.text_encoder = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        return encoded
+        return y, mask
 
-    def encode_images(self, images: np.ndarray, seed: int) -> Tensor:
-        """uint8 (P, H, W, 3) → scaled latents (1, c, P, h, w), a seeded posterior sample (spec §4.1)."""
-        frames = torch.from_numpy(images)[None]  # (1, P, H, W, 3)
-        return encode_frames(self.components.vae, frames, self.card.vae_scaling_factor, seeds=[seed])
+    def encode_images(self, images: np.ndarray, seeds: Sequence[int]) -> Tensor:
+        """uint8 (B, P, H, W, 3) → scaled latents (B, c, P, h, w), a seeded posterior sample per video."""
+        if self.components.vae is None:
+            raise ConfigError("this pipeline has no VAE, so it cannot encode images; pass prefix latents")
+        frames = torch.from_numpy(images)  # (B, P, H, W, 3)
+        return encode_frames(self.components.vae, frames, self.card.vae_scaling_factor, seeds=list(seeds))
 
-    def decode(self, latents: Tensor, micro_batch: int = 16) -> np.ndarray:
-        """Latents (1, c, T, h, w) → uint8 frames (T, H, W, 3)."""
-        frames = decode_latents(self.components.vae, latents, self.card.vae_scaling_factor, micro_batch)
-        return frames[0].numpy()
+    def decode(self, latents: Tensor, micro_batch: int = 16) -> np.ndarray | None:
+        """Latents (B, c, T, h, w) → uint8 frames (B, T, H, W, 3); None without a VAE."""
+        if self.components.vae is None:
+            return None
+        return decode_latents(self.components.vae, latents, self.card.vae_scaling_factor, micro_batch).numpy()
 
     # ------------------------------------------------------------------ the job
     def generate(
@@ -260,57 +172,100 @@ class Pipeline:
         on_progress: ProgressCallback | None = None,
         *,
         inputs: CheckedInputs | None = None,
+        replay: Sequence[Tensor] = (),
     ) -> Iterator[FrameChunk]:
-        """Yield the video's frames chunk by chunk. `inputs` (from `check_inputs`) skips re-validation."""
+        """Yield one video's frames chunk by chunk. `inputs` (from `check_inputs`) skips re-validation;
+        `replay` holds the latents (1, c, l, h, w) of chunks an interrupted render already made."""
+        chunks = self.generate_batch(
+            [request],
+            on_progress,
+            inputs=None if inputs is None else [inputs],
+            replay=[list(replay)] if replay else None,
+        )
+        for chunk in chunks:
+            yield chunk.video(0)
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerateRequest],
+        on_progress: ProgressCallback | None = None,
+        *,
+        inputs: Sequence[CheckedInputs] | None = None,
+        replay: Sequence[Sequence[Tensor]] | None = None,
+        prefix: Tensor | None = None,
+        denoiser: Engine | None = None,
+        decode: bool = True,
+    ) -> Iterator[BatchChunk]:
+        """Yield the chunks of a batch of videos that share their length, sampling settings and number of
+        given frames (each has its own prompt, images and seed). `prefix` (B, c, P, h, w) gives the
+        conditioning frames as latents instead of images; `denoiser` replaces the pipeline's own (the
+        bench's baselines); `decode=False` yields latents only."""
         if inputs is None:
-            inputs = check_inputs(self.card, request)
-            for notice in inputs.notices:
+            inputs = [check_inputs(self.card, r) for r in requests]
+            for notice in {n for i in inputs for n in i.notices}:
                 logger.info("%s", notice)
-        sampling, chunks, num_given = inputs.sampling, inputs.chunks, inputs.num_given
-        y, y_mask = self.encode_prompt(request.prompt)
-        prefix = self.encode_images(inputs.images, request.seed) if inputs.images is not None else None
-        replayed = len(request.replay)
-        empty = torch.zeros(1, self.card.model.in_channels, 0, *self.card.model.latent_size)
+        first, request = inputs[0], requests[0]
+        for other, req in zip(inputs[1:], requests[1:], strict=True):
+            if (other.sampling, other.chunks, other.num_given) != (first.sampling, first.chunks, first.num_given):
+                raise ConfigError("a batch needs the same frames, sampling settings and number of images")
+        sampling, chunks = first.sampling, first.chunks
+        seeds = [r.seed for r in requests]
+        saved = [torch.cat(list(parts), dim=0) for parts in zip(*replay, strict=True)] if replay else []
+        if replay:
+            for checked, parts in zip(inputs, replay, strict=True):
+                check_replay(self.card, checked, parts)
+        emit = _Emitter(on_progress, chunks, sampling.steps, request.frames)
+
+        y, y_mask = self.encode_prompts([r.prompt for r in requests])
+        emit("text", 0, 0, 0)
+        if prefix is None and first.images is not None:
+            prefix = self.encode_images(np.stack([i.images for i in inputs]), seeds)
+        num_given = 0 if prefix is None else prefix.shape[2]
+        emit("images", 0, 0, 0)
+        micro = request.decode_batch
+
+        def piece(k: int, z: Tensor, start: int, replayed: bool) -> BatchChunk:
+            """Chunk k (z (B, c, l, h, w)); the first one starts with the given frames."""
+            with_prefix = prefix is not None and k <= 0
+            latents = z if not with_prefix else (prefix if k < 0 else torch.cat([prefix, z], dim=2))
+            frames = self.decode(latents, micro) if decode else None
+            return BatchChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0, replayed)
+
         if not chunks:  # the given frames are the whole video
             assert prefix is not None
-            yield FrameChunk(-1, self.decode(prefix, request.decode_batch), empty, 0, num_given)
+            empty = torch.zeros(len(requests), self.card.model.in_channels, 0, *self.card.model.latent_size)
+            yield piece(-1, empty, 0, False)
             return
-
-        def chunk(k: int, z: Tensor, start: int, replay: bool) -> FrameChunk:
-            """Chunk k's frames (z (1, c, l, h, w)); the first one starts with the given frames."""
-            with_prefix = prefix is not None and k == 0
-            latents = torch.cat([prefix, z], dim=2) if with_prefix else z
-            frames = self.decode(latents, request.decode_batch)
-            return FrameChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0, replay)
-
-        def event(stage: str, k: int, step: int, done: int) -> None:
-            if on_progress is not None:
-                on_progress(
-                    ProgressEvent(
-                        stage, k, len(chunks), step, sampling.steps, chunks[k], done, request.frames
-                    )
-                )
-
-        def start_of(k: int) -> int:  # position in the video of chunk k's first frame
-            return 0 if k == 0 else num_given + sum(chunks[:k])
-
-        # Resumed chunks first: decoded again (no progress events), so the output holds every frame once.
-        for k, z in enumerate(request.replay):
-            yield chunk(k, z, start_of(k), True)
-        frames_done = num_given + sum(chunks[:replayed])
+        starts = [0] + [num_given + sum(chunks[:k]) for k in range(1, len(chunks))]
+        for k, z in enumerate(saved):  # decoded again (no progress events): the output holds every frame once
+            yield piece(k, z, starts[k], True)
+        done = num_given + sum(chunks[: len(saved)])
         stream = sample_video(
             self.model,
             sampling,
             num_frames=sum(chunks),
-            seeds=[request.seed],
+            seeds=seeds,
             prefix=prefix,
             y=y,
             y_mask=y_mask,
-            engine=request.engine,
-            replay=request.replay,
-            on_step=lambda k, n, _: event("denoise", k, n, frames_done),
+            engine=denoiser if denoiser is not None else self.denoiser(request.engine, sampling, len(requests)),
+            replay=saved,
+            on_step=lambda k, n, _: emit("denoise", k, n, done),
         )
-        for k, z in enumerate(stream, start=replayed):  # z (1, c, l, h, w)
-            yield chunk(k, z, start_of(k), False)
-            frames_done += chunks[k]
-            event("chunk", k, sampling.steps, frames_done)  # the consumer has taken (written) the chunk
+        for k, z in enumerate(stream, start=len(saved)):  # z (B, c, l, h, w)
+            emit("denoised", k, sampling.steps, done)
+            yield piece(k, z, starts[k], False)
+            done += chunks[k]
+            emit("chunk", k, sampling.steps, done)  # the consumer has taken (written) the chunk
+
+
+class _Emitter:
+    """ProgressEvents for one batch (a no-op without a callback)."""
+
+    def __init__(self, callback: ProgressCallback | None, chunks: list[int], steps: int, total: int) -> None:
+        self.callback, self.chunks, self.steps, self.total = callback, chunks, steps, total
+
+    def __call__(self, stage: str, k: int, step: int, done: int) -> None:
+        if self.callback is not None:
+            n = self.chunks[k] if self.chunks else 0
+            self.callback(ProgressEvent(stage, k, len(self.chunks), step, self.steps, n, done, self.total))

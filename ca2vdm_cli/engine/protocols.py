@@ -37,6 +37,7 @@ class Sampler(Protocol):
 
     num_steps: int
     stochastic: bool  # whether `step` takes fresh noise (then the loop draws it, keyed by seed and chunk)
+    perturbs: bool  # whether the denoiser is shown `perturb(clean)` instead of the clean latents
 
     def timesteps(self) -> list[float]:
         """Model timestep of each step, in the order the steps run (noisiest first)."""
@@ -44,5 +45,5 @@ class Sampler(Protocol):
     def step(self, out: Tensor, x: Tensor, n: int, noise: Tensor | None) -> Tensor:
         """Latents after step n (0 = the first, noisiest) from the model output `out` at x."""
 
-    def perturb(self, clean: Tensor, noise: Tensor) -> Tensor | None:
-        """What the denoiser is shown of clean latents, or None when they are shown as they are."""
+    def perturb(self, clean: Tensor, noise: Tensor) -> Tensor:
+        """What the denoiser is shown of clean latents (only called when `perturbs`)."""

@@ -7,7 +7,7 @@ A render of `out.mp4` keeps `out.mp4.parts/` beside it while it runs:
 
 The fingerprint hashes everything that decides the frames (model, prompt, image bytes, seed, frame count,
 sampling settings, device type, dtype); a sidecar with another fingerprint is never used. Resuming replays
-the saved chunks into the cache (`sample_video(replay=...)`) and re-decodes them into a fresh MP4, so the
+the saved chunks into the cache (`Pipeline.generate(replay=...)`) and re-decodes them into a fresh MP4, so the
 final file has every frame exactly once. The sidecar is removed when the render completes.
 
 `inspect_output` decides what a resumable run does with an output path: resume it (a usable sidecar), skip
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from ca2vdm_cli.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +105,15 @@ class Sidecar:
     def start(self) -> None:
         """Begin a fresh sidecar (any old one is discarded)."""
         self.remove()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.chunks = 0
-        self._write_manifest()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.chunks = 0
+            self._write_manifest()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot keep the resume data of this render in {self.dir} ({exc.strerror or exc}); "
+                "choose an --out in a writable directory"
+            ) from None
 
     def append(self, latents: Tensor) -> None:
         """Save the next chunk's clean latents, then advance the manifest (a crash between leaves the

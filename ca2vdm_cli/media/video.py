@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,6 +125,13 @@ def _ensure_writable_dir(directory: Path, what: str) -> None:
         raise OutputError(f"{what}: cannot create directory {directory} ({exc.strerror or exc})") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: directory {directory} is not writable; choose another location")
+    try:  # os.access trusts permission bits; root passes it on /proc and read-only mounts, so try for real
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{what}: cannot write files in {directory} ({exc.strerror or exc}); choose another location"
+        ) from None
 
 
 def default_output_name(prompt: str, seed: int) -> str:

@@ -1,5 +1,6 @@
-"""Gaussian diffusion math: the linear-beta schedule, IDDPM respacing, ancestral sampling with learned-range
-variance, DDIM, q_sample, and the hybrid (masked MSE + VB) training loss. Pure tensor functions; no model.
+"""Gaussian diffusion at inference: the linear-beta schedule, IDDPM respacing, ancestral sampling with
+learned-range variance, DDIM, q_sample, and `DDPMSampler` (the loop's `Sampler` for CausalSTDiT). The
+training loss lives in `train/losses.py`.
 
 Coefficients are computed in float64 and applied as float32 scalars, as IDDPM does.
 """
@@ -7,6 +8,7 @@ Coefficients are computed in float64 and applied as float32 scalars, as IDDPM do
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -123,88 +125,38 @@ class Diffusion:
             return mean
         return mean + sigma * noise
 
-    # ------------------------------------------------------------------ training loss
-    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and clipped log-variance of q(x_{t-1} | x_t, x0) for per-sample respaced steps t (B,)."""
-        shape = (-1,) + (1,) * (x0.dim() - 1)
-        ac = self.alphas_cumprod.to(x0.device)[t]
-        ac_prev = self.alphas_cumprod_prev.to(x0.device)[t]
-        betas = self.betas.to(x0.device)[t]
-        coef1 = (betas * ac_prev.sqrt() / (1 - ac)).float().view(shape)
-        coef2 = ((1 - ac_prev) * (1 - betas).sqrt() / (1 - ac)).float().view(shape)
-        log_var = self.posterior_log_variance_clipped.to(x0.device)[t].float().view(shape)
-        return coef1 * x0 + coef2 * x_t, log_var.expand_as(x0)
 
-    def model_mean_log_variance(self, model_out: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample-t version of `p_mean_log_variance` (training)."""
-        shape = (-1,) + (1,) * (x_t.dim() - 1)
-        c = x_t.shape[1]
-        eps, v = model_out[:, :c], model_out[:, c:]
-        min_log = self.posterior_log_variance_clipped.to(x_t.device)[t].float().view(shape)
-        max_log = torch.log(self.betas.to(x_t.device)[t]).float().view(shape)
-        frac = (v + 1) / 2
-        log_var = frac * max_log + (1 - frac) * min_log
-        ac = self.alphas_cumprod.to(x_t.device)[t]
-        x0 = (1 / ac).sqrt().float().view(shape) * x_t - (1 / ac - 1).sqrt().float().view(shape) * eps
-        mean, _ = self.q_posterior(x0, x_t, t)
-        return mean, log_var
+class DDPMSampler:
+    """The `Sampler` of the CausalSTDiT family: IDDPM ancestral steps (learned-range variance) or DDIM over
+    a respaced linear-beta schedule; the clean past is shown perturbed to `prefix_perturb_t` (of 1000)."""
 
-    def training_losses(
-        self, model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor, frame_mask: Tensor
-    ) -> dict[str, Tensor]:
-        """Hybrid loss per sample: masked MSE on ε plus the masked VB term (λ = 1, spec §5.1).
+    def __init__(self, steps: int, kind: str = "iddpm", eta: float = 0.0, prefix_perturb_t: int = 0) -> None:
+        if kind not in ("iddpm", "ddim"):
+            raise ConfigError(f"sampler {kind!r} is not one of iddpm, ddim")
+        self.diffusion = Diffusion(steps)
+        self.kind, self.eta, self.prefix_perturb_t = kind, eta, prefix_perturb_t
+        self.num_steps = self.diffusion.num_steps
+        self.stochastic = kind == "iddpm" or eta > 0
+        self.perturbs = prefix_perturb_t > 0
+        # q_sample at prefix_perturb_t with host-side coefficients (indexing a device table would sync)
+        ac = float(self.diffusion.base_alphas_cumprod[prefix_perturb_t])
+        self._perturb = (math.sqrt(ac), math.sqrt(1 - ac))
 
-        model_out (B, 2c, T, H, W); x0, x_t, noise (B, c, T, H, W); t (B,) training timesteps;
-        frame_mask (B, T) 1 on frames that carry loss (the noisy ones). Returns per-sample tensors (B,).
-        """
-        c = x0.shape[1]
-        m = frame_mask.to(x0.dtype)[:, None, :, None, None].expand_as(x0)  # (B, c, T, H, W)
-        denom = m.sum(dim=(1, 2, 3, 4)).clamp(min=1)
-        mse = ((noise - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
-        out = {"mse": mse, "loss": mse}
-        if model_out.shape[1] == 2 * c:
-            frozen = torch.cat([model_out[:, :c].detach(), model_out[:, c:]], dim=1)  # VB trains only v
-            true_mean, true_log_var = self.q_posterior(x0, x_t, t)
-            mean, log_var = self.model_mean_log_variance(frozen, x_t, t)
-            kl = normal_kl(true_mean, true_log_var, mean, log_var) / math.log(2.0)
-            nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var) / math.log(2.0)
-            first = (t == 0).view(-1, 1, 1, 1, 1)
-            vb = (torch.where(first, nll, kl) * m).sum(dim=(1, 2, 3, 4)) / denom
-            out["vb"] = vb
-            out["loss"] = mse + vb
-        return out
+    def timesteps(self) -> list[float]:
+        return [float(self.diffusion.timestep_map[i]) for i in reversed(range(self.num_steps))]
 
+    def step(self, out: Tensor, x: Tensor, n: int, noise: Tensor | None) -> Tensor:
+        i = self.num_steps - 1 - n  # respaced index, counting down to 0
+        if self.kind == "iddpm":
+            assert noise is not None or i == 0
+            return self.diffusion.p_sample(out, x, i, noise)  # type: ignore[arg-type]
+        return self.diffusion.ddim_sample(out, x, i, noise, self.eta)
 
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    return 0.5 * (
-        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    def perturb(self, clean: Tensor, noise: Tensor) -> Tensor:
+        a, b = self._perturb
+        return a * clean + b * noise
 
-
-def _approx_standard_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """Log-likelihood of x in [-1, 1] discretised to 256 bins (IDDPM's decoder NLL at t = 0)."""
-    centered = x - means
-    inv_stdv = torch.exp(-log_scales)
-    cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
-    cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    cdf_delta = cdf_plus - cdf_min
-    return torch.where(
-        x < -0.999,
-        log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
-    )
-
-
-def guide(model_out: Tensor, scale: float, channels: int) -> Tensor:
-    """Classifier-free guidance on rows [uncond; cond]: ε = ε_u + s(ε_c − ε_u); the variance comes from cond.
-    `channels` is the latent channel count c (model_out has c or 2c channels)."""
-    uncond, cond = model_out.chunk(2)
-    c = channels
-    eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
-    return torch.cat([eps, cond[:, c:]], dim=1)
+    @classmethod
+    def from_config(cls, config: Any) -> DDPMSampler:
+        """From a `SamplingConfig` (steps, sampler, ddim_eta, prefix_perturb_t)."""
+        return cls(config.steps, config.sampler, config.ddim_eta, config.prefix_perturb_t)

@@ -18,11 +18,17 @@ is present in a frame with at least `MIN_PIXELS` such pixels (a 10 px triangle c
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ca2vdm_cli.sprites.world import COLOURS, DIRECTIONS, HEADROOM, parse_prompt
+
+
 
 COLOUR_TOLERANCE = 64.0  # half the smallest distance between two sprite colours (red–orange: 128)
 MIN_PIXELS = 20
@@ -125,69 +131,71 @@ def aggregate(videos: list[VideoScores], window: int = 40) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- generation for the eval
 def generate_batch(
-    components,
+    components: Any,
     prompts: list[str],
     seeds: list[int],
     num_frames: int,
-    sampling,
+    sampling: Any,
     first_frames: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Videos of `num_frames` frames (the given first frame included) for a batch of prompts, made like
-    `ca2vdm generate` makes them (seeded posterior sample of the first frame, the card's AR loop).
-    first_frames: uint8 (B, H, W, 3) or None (text-to-video). Returns uint8 (B, T, H, W, 3)."""
-    import torch
+    """Videos of `num_frames` frames (the given first frame included) for a batch of prompts, made by the
+    pipeline `ca2vdm generate` uses: each first frame goes through a PNG file, as `--image first.png`
+    does. first_frames: uint8 (B, H, W, 3) or None (text-to-video). Returns uint8 (B, T, H, W, 3)."""
+    from PIL import Image
 
-    from ca2vdm_cli.engine.loop import sample_video
-    from ca2vdm_cli.media.text import encode_text
-    from ca2vdm_cli.media.vae import decode_latents, encode_frames
+    from ca2vdm_cli.engine.pipeline import Pipeline
+    from ca2vdm_cli.engine.request import SAMPLING_FIELDS, GenerateRequest
 
-    c, card = components, components.card
-    device = next(c.model.parameters()).device
-    y = mask = None
-    if card.model.has_text:
-        y, mask = encode_text(c.tokenizer, c.text_encoder, prompts, card.text_max_length, device=device)
-    prefix = None
-    if first_frames is not None:
-        frames = torch.from_numpy(first_frames)[:, None]  # (B, 1, H, W, 3)
-        prefix = encode_frames(c.vae, frames, card.vae_scaling_factor, seeds=seeds).to(device)
-    new = num_frames - (0 if prefix is None else 1)
-    chunks = list(
-        sample_video(c.model, sampling, num_frames=new, seeds=seeds, prefix=prefix, y=y, y_mask=mask)
-    )
-    latents = torch.cat(([prefix] if prefix is not None else []) + chunks, dim=2)  # (B, c, T, h, w)
-    return decode_latents(c.vae, latents, card.vae_scaling_factor, micro_batch=64).numpy()
+    pipeline = components if isinstance(components, Pipeline) else Pipeline(components)
+    overrides = {name: getattr(sampling, name) for name in SAMPLING_FIELDS}
+    with tempfile.TemporaryDirectory(prefix="ca2vdm-eval-") as tmp:
+        images: list[tuple[Path, ...]] = [() for _ in prompts]
+        if first_frames is not None:
+            images = []
+            for b, frame in enumerate(first_frames):
+                path = Path(tmp) / f"first-{b}.png"
+                Image.fromarray(frame).save(path)
+                images.append((path,))
+        requests = [
+            GenerateRequest(prompt=p, images=i, frames=num_frames, seed=s, decode_batch=64, **overrides)
+            for p, i, s in zip(prompts, images, seeds, strict=True)
+        ]
+        chunks = [c.frames for c in pipeline.generate_batch(requests)]
+    return np.concatenate(chunks, axis=1)  # (B, T, H, W, 3)
 
 
 def evaluate_model(
-    components,
+    components: Any,
     *,
     num_prompts: int,
     num_frames: int,
     mode: str,
     cache_frames: int | None = None,
-    sampling=None,
+    sampling: Any = None,
     batch: int = 8,
     seed_base: int = 10**7,
     window: int = 40,
-    on_batch=None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Generate and score `num_prompts` held-out sprites scenes (seeds seed_base, seed_base+1, …).
 
     mode "image": the scene's first frame is given (as `--image first.png`); "text": text-to-video.
     `sampling` replaces the card's sampling settings; `cache_frames` its queue size (1 = no long
     context). Returns `aggregate` rates."""
-    from ca2vdm_cli.sprites import world as sprites
+    from ca2vdm_cli.engine.pipeline import Pipeline
+    from ca2vdm_cli.sprites import world
 
-    sampling = sampling if sampling is not None else components.card.sampling
+    pipeline = components if isinstance(components, Pipeline) else Pipeline(components)
+    sampling = sampling if sampling is not None else pipeline.card.sampling
     if cache_frames is not None:
         sampling = sampling.replace(cache_frames=cache_frames)
     scores: list[VideoScores] = []
     for first in range(0, num_prompts, batch):
         seeds = list(range(seed_base + first, seed_base + min(num_prompts, first + batch)))
-        scenes = [sprites.sample_scene(s) for s in seeds]
+        scenes = [world.sample_scene(s) for s in seeds]
         prompts = [s.prompt for s in scenes]
-        given = np.stack([sprites.render(s, 1)[0] for s in scenes]) if mode == "image" else None
-        videos = generate_batch(components, prompts, seeds, num_frames, sampling, given)
+        given = np.stack([world.render(s, 1)[0] for s in scenes]) if mode == "image" else None
+        videos = generate_batch(pipeline, prompts, seeds, num_frames, sampling, given)
         starts = chunk_starts(num_frames, 1 if mode == "image" else 0, sampling.chunk)
         scores += [score_video(v, p, starts) for v, p in zip(videos, prompts, strict=True)]
         if on_batch is not None:
@@ -195,13 +203,15 @@ def evaluate_model(
     return aggregate(scores, window)
 
 
-def evaluate_world(num_prompts: int, num_frames: int, chunk: int, seed_base: int = 10**7, window: int = 40):
+def evaluate_world(
+    num_prompts: int, num_frames: int, chunk: int, seed_base: int = 10**7, window: int = 40
+) -> dict[str, float]:
     """The same scores on the procedural videos themselves: the ceiling the metrics allow."""
-    from ca2vdm_cli.sprites import world as sprites
+    from ca2vdm_cli.sprites import world
 
     scores = []
     for seed in range(seed_base, seed_base + num_prompts):
-        scene = sprites.sample_scene(seed)
-        video = sprites.render(scene, num_frames)
+        scene = world.sample_scene(seed)
+        video = world.render(scene, num_frames)
         scores.append(score_video(video, scene.prompt, chunk_starts(num_frames, 1, chunk)))
     return aggregate(scores, window)

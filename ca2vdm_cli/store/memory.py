@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters, kv_cache_bytes
 from ca2vdm_cli.errors import Ca2VDMError
 
 GIB = 1024**3
@@ -30,40 +31,6 @@ def dtype_bytes(dtype: Any) -> int:
             raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
         return DTYPE_BYTES[dtype]
     return int(dtype.itemsize)
-
-
-# ----------------------------------------------------------------------------- parameter counts
-def count_parameters(cfg: ModelConfig) -> int:
-    """Trainable parameters of CausalSTDiT for `cfg` (must equal `sum(p.numel())` of the built model)."""
-    C = cfg.hidden_size
-    linear = lambda i, o: i * o + o  # noqa: E731  (weight + bias)
-    patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
-    mlp_hidden = int(C * cfg.mlp_ratio)
-    attention = linear(C, 3 * C) + linear(C, C)
-    n = linear(cfg.in_channels * patch, C)  # x_embedder (Conv3d)
-    n += linear(256, C) + linear(C, C) + linear(C, 6 * C)  # t_embedder, t_block
-    if cfg.has_text:
-        n += linear(cfg.caption_channels, C) + linear(C, C)  # y_proj
-    n += 2 * C + linear(C, patch * cfg.out_channels)  # final layer
-    per_block = 6 * C + 2 * attention + linear(C, mlp_hidden) + linear(mlp_hidden, C)
-    if cfg.has_pe:
-        per_block += attention
-    if cfg.has_text:
-        per_block += linear(C, C) + linear(C, 2 * C) + linear(C, C)
-    n += cfg.depth * per_block
-    if cfg.mask_channel:
-        merges = cfg.depth if cfg.mask_channel_all_blocks else 1
-        n += merges * linear(C + 1, C)
-    return n
-
-
-def count_buffers(cfg: ModelConfig) -> int:
-    """Elements of the persistent buffers: position tables, <BOV> token, null caption."""
-    n = cfg.tokens_per_frame * cfg.hidden_size + cfg.max_tpe_len * cfg.hidden_size
-    n += cfg.in_channels * cfg.latent_size[0] * cfg.latent_size[1]
-    if cfg.has_text:
-        n += cfg.model_max_length * cfg.caption_channels
-    return n
 
 
 def safetensors_numel(files: list[Path], prefixes: tuple[str, ...] | None = None) -> int:
@@ -98,12 +65,6 @@ def _part_params(card: ModelCard, role: str, model_dir: Path | None) -> int:
 
 
 # ----------------------------------------------------------------------------- the estimate
-def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_frames: int, bytes_per: int) -> int:
-    """D·B·L_max·S·2C (+ D·B·N·S·2C with prefix-enhanced attention) elements (spec §3.1)."""
-    frames = cache_frames + (cfg.pe_frames if cfg.has_pe else 0)
-    return cfg.depth * rows * frames * cfg.tokens_per_frame * 2 * cfg.hidden_size * bytes_per
-
-
 def estimate_memory(
     card: ModelCard,
     dtype: Any,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ca2vdm_cli.sampling.ddpm import Diffusion
+from ca2vdm_cli.train.losses import training_losses
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
@@ -82,7 +83,8 @@ def make_prefix_batch(
 
 def prefix_loss(diffusion: Diffusion, model_out: Tensor, batch: PrefixBatch) -> dict[str, Tensor]:
     """Hybrid loss averaged over the batch; the prefix frames carry no loss (frame mask = 1 - prefix)."""
-    losses = diffusion.training_losses(
+    losses = training_losses(
+        diffusion,
         model_out, batch.x0, batch.x_t, batch.t, batch.noise, frame_mask=1 - batch.prefix_mask
     )
     return {k: v.mean() for k, v in losses.items()}

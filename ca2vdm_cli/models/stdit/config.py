@@ -260,6 +260,12 @@ class SamplingConfig:
             raise ConfigError(f"chunk={self.chunk} must be >= 1")
         if self.cache_frames < 1:
             raise ConfigError(f"cache_frames={self.cache_frames} must be >= 1")
+        if model.tpe_mode != "fixed" and self.chunk >= model.max_tpe_len:
+            raise ConfigError(
+                f"chunk={self.chunk}: the model has {model.max_tpe_len} temporal positions for the cached "
+                f"frames and the chunk together; use chunk <= {model.max_tpe_len - 1} "
+                f"(and cache_frames <= {model.max_tpe_len} - chunk)"
+            )
         if model.tpe_mode != "fixed" and self.cache_frames + self.chunk > model.max_tpe_len:
             raise ConfigError(
                 f"cache_frames + chunk = {self.cache_frames} + {self.chunk} exceeds the model's "

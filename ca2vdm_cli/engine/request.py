@@ -1,0 +1,181 @@
+"""What a render is asked for and what it yields, checked against a model card before any weights load.
+
+`GenerateRequest.frames` is the total number of frames in the output video, the given frame(s) included:
+`--frames 49 --image a.png` yields 1 given + 48 generated frames. A request holds no tensors; the latents of
+an interrupted render's chunks (`FrameChunk.latents`, saved by `resume.Sidecar`) are passed to the pipeline
+beside it. `check_inputs` validates a request once, at the edge: everything after it trusts the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.media.video import read_image
+from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.models.stdit.denoisers import ENGINES
+from ca2vdm_cli.store.card import ModelCard
+
+DEFAULT_FRAMES = 49  # 1 given frame + 6 chunks of 8: the Ca2-VDM paper's SkyTimelapse sampling length
+SAMPLING_FIELDS = ("steps", "sampler", "cfg_scale", "chunk", "cache_frames", "prefix_perturb_t", "ddim_eta")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One video to generate. Sampling fields left as None take the model card's defaults."""
+
+    prompt: str = ""
+    images: tuple[Path, ...] = ()  # conditioning frames, in order; empty = text-to-video (if the model can)
+    frames: int = DEFAULT_FRAMES  # total output frames, including the given image(s)
+    seed: int = 0
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_scale: float | None = None
+    chunk: int | None = None
+    cache_frames: int | None = None
+    prefix_perturb_t: int | None = None
+    ddim_eta: float | None = None
+    engine: str = "cache"
+    decode_batch: int = 16  # frames per VAE decode call
+
+    def sampling_overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
+
+
+@dataclass
+class FrameChunk:
+    """One video's frames, ready to be written. The first chunk of a fresh render starts with the given
+    frame(s)."""
+
+    index: int  # AR step that produced the new frames (0-based; -1: the given frames alone)
+    frames: np.ndarray | None  # (T, H, W, 3) uint8; None when the pipeline has no VAE (latents only)
+    latents: Tensor  # (1, c, l, h, w) float32 on the CPU: the new frames only (what `replay` takes)
+    start: int  # position of frames[0] in the output video
+    num_given: int = 0  # leading conditioning frames in `frames`
+    replayed: bool = False  # decoded from the `replay` chunks, not generated in this call
+
+
+@dataclass
+class BatchChunk:
+    """The same chunk of every video of a batch: frames (B, T, H, W, 3) uint8 (None without a VAE) and the
+    new frames' latents (B, c, l, h, w) float32 on the CPU."""
+
+    index: int
+    frames: np.ndarray | None
+    latents: Tensor
+    start: int
+    num_given: int = 0
+    replayed: bool = False
+
+    def video(self, b: int) -> FrameChunk:
+        frames = None if self.frames is None else self.frames[b]
+        return FrameChunk(self.index, frames, self.latents[b : b + 1], self.start, self.num_given, self.replayed)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """`stage` is "text" once the prompts are encoded, "images" once the given frames are, "denoise" after
+    each denoising step, "denoised" when a chunk's latents are ready (before decoding), and "chunk" once
+    the consumer has taken a chunk (the generator resumes only after the caller is done with it, e.g. has
+    written it to the video)."""
+
+    stage: str
+    chunk: int  # 0-based AR step
+    num_chunks: int
+    step: int  # denoising steps finished in this chunk
+    num_steps: int
+    chunk_frames: int  # new frames in this chunk
+    frames_done: int  # output frames handed to the caller so far (the given frames count)
+    frames_total: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class CheckedInputs:
+    """A validated request: effective sampling settings, the prepared image pixels and what was adjusted."""
+
+    sampling: SamplingConfig
+    images: np.ndarray | None  # (P, H, W, 3) uint8, already at the model's resolution
+    chunks: list[int]  # new frames per AR step (replayed chunks included)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def num_given(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+
+def sampling_config(card: ModelCard, request: GenerateRequest) -> SamplingConfig:
+    """The card's sampling defaults with the request's overrides; ConfigError names the first bad value."""
+    config = card.sampling.replace(**request.sampling_overrides())
+    config.validate(card.model)
+    return config
+
+
+def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
+    """Validate a request against a model card (no weights needed) and load the conditioning images.
+    InputError/ConfigError name the value and the fix; harmless adjustments become notices."""
+    if request.frames < 1:
+        raise InputError(
+            f"--frames {request.frames}: a video needs at least 1 frame (the count includes --image)"
+        )
+    if not 0 <= request.seed < 2**63:
+        raise InputError(f"--seed {request.seed} must be in 0..2^63-1")
+    if request.engine not in ENGINES:
+        raise ConfigError(f"engine {request.engine!r} is not one of {', '.join(ENGINES)}")
+    sampling = sampling_config(card, request)
+    notices: list[str] = []
+    num_given = len(request.images)
+    if num_given == 0 and not card.text_to_video:
+        raise InputError(
+            f"model {card.name!r} cannot start from text alone; pass a first frame with --image PATH"
+        )
+    if request.frames < num_given:
+        raise InputError(
+            f"--frames {request.frames} is fewer than the {num_given} given images; --frames counts the "
+            f"given frames too, so use --frames {num_given} or more"
+        )
+    limit = card.model.max_tpe_len
+    if card.model.tpe_mode == "fixed" and request.engine == "cache" and request.frames > limit:
+        raise InputError(
+            f"--frames {request.frames}: model {card.name!r} has fixed temporal positions and can make at "
+            f"most {limit} frames"
+        )
+    if request.prompt and not card.model.has_text:
+        notices.append(f"model {card.name!r} is not text-conditioned: the prompt is ignored")
+    elif not request.prompt and card.model.has_text:
+        notices.append("no prompt given: generating with the null caption (unconditional)")
+    images = None
+    if num_given:
+        pixels = []
+        for path in request.images:
+            image, image_notices = read_image(path, card.width, card.height)
+            pixels.append(image)
+            notices.extend(image_notices)
+        images = np.stack(pixels)  # (P, H, W, 3)
+    new_frames = request.frames - num_given
+    chunks = chunk_lengths(new_frames, sampling.chunk) if new_frames else []
+    return CheckedInputs(sampling, images, chunks, notices)
+
+
+def check_replay(card: ModelCard, inputs: CheckedInputs, replay: Sequence[Tensor]) -> None:
+    """Saved chunks (1, c, l, h, w) of an interrupted render must match this request's chunks."""
+    chunks = inputs.chunks
+    if len(replay) > len(chunks):
+        raise InputError(f"{len(replay)} chunks to resume from, but this request has only {len(chunks)} chunks")
+    c, (h, w) = card.model.in_channels, card.model.latent_size
+    for k, z in enumerate(replay):
+        needed = (1, c, chunks[k], h, w)
+        if tuple(z.shape) != needed:
+            raise InputError(
+                f"resumed chunk {k} has shape {tuple(z.shape)} but this request needs {needed} "
+                "(different --chunk, --frames or model?)"
+            )
