@@ -54,7 +54,7 @@ with torch.inference_mode():
     if new:
         text = model.prepare_text(y, y_mask, 1)
         plan = model.plan_step(cache, 8, write=False)
-        result["run_step (prepared)"] = median_ms(lambda: model.run_step(plan, x, t, text))
+        result["run_denoise (prepared)"] = median_ms(lambda: model.run_denoise(plan, x, t, text))
     xf = torch.randn(1, 4, 33, 16, 16)
     tf = torch.cat([torch.zeros(1, 25), torch.full((1, 8), 500.0)], 1)
     prefix = torch.zeros(1, 33)

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.store.card import ModelCard
 from tests.conftest import tiny_config, tiny_model
 
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.bench.hardware import StepTimer, TensorTrace
 from ca2vdm_cli.bench.setups import ARCHS
 from ca2vdm_cli.cli import main
+from ca2vdm_cli.engine.loop import chunk_lengths
 from ca2vdm_cli.models.stdit.flops import run_flops
-from ca2vdm_cli.bench.hardware import StepTimer, TensorTrace
 from tests.factories import write_tiny_model_dir
 
 FAST = ["--frames", "8", "--steps", "2", "--warmup", "0", "--no-peak", "--threads", "1"]

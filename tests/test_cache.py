@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
-from ca2vdm_cli.models.stdit.family import sample_video
 from ca2vdm_cli.models.stdit.cache import KVCache
 from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
+from ca2vdm_cli.models.stdit.family import sample_video
 from tests.conftest import tiny_model
 
 M, L_MAX, CHUNK = 33, 25, 8

@@ -46,6 +46,9 @@ def test_version_and_usage_error_exit_codes():
 
 
 def test_importing_the_package_has_no_side_effects():
-    code = "import ca2vdm_cli, ca2vdm_cli.models.stdit.config, ca2vdm_cli.errors, sys; print('torch' in sys.modules)"
+    code = (
+        "import ca2vdm_cli, ca2vdm_cli.models.stdit.config, ca2vdm_cli.errors, sys; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

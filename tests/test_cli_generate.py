@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.models.stdit.denoisers import CacheDenoiser
 from ca2vdm_cli.media.video import probe_video
+from ca2vdm_cli.models.stdit.denoisers import CacheDenoiser
 from tests.cli_helpers import run_main, save_image
 from tests.factories import write_tiny_model_dir
 
@@ -218,7 +218,9 @@ def test_resume_needs_the_seed_and_excludes_overwrite(cli, model_dir, tmp_path):
 def test_an_output_directory_that_refuses_files_is_one_error_line(cli, model_dir):
     """/proc passes the permission check as root, but no file can be created there: refused at planning,
     before any weights are loaded, instead of a traceback from the resume data's mkdir."""
-    code, stdout, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 8, "--out", "/proc/x.mp4")
+    code, stdout, err = cli(
+        "generate", "--model", model_dir, "-p", "x", "--frames", 8, "--out", "/proc/x.mp4"
+    )
     assert code == 1 and stdout == ""
     assert err.startswith("error: --out /proc/x.mp4: cannot write files in /proc") and err.count("\n") == 1
 

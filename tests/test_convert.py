@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ca2vdm_cli.errors import WeightsError
 from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.models.stdit.convert import (
     build_meta,
@@ -16,7 +17,6 @@ from ca2vdm_cli.models.stdit.convert import (
     remap_opensora,
     unwrap_state_dict,
 )
-from ca2vdm_cli.errors import WeightsError
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
 from tests.conftest import caption, tiny_model
 from tests.opensora_reference import opensora_checkpoint, opensora_forward

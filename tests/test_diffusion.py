@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.sampling.ddpm import Diffusion, space_timesteps
 from ca2vdm_cli.sampling.guidance import guide
 from ca2vdm_cli.train.losses import training_losses
-from ca2vdm_cli.errors import ConfigError
 
 
 def base_alphas_cumprod() -> torch.Tensor:

@@ -9,9 +9,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
 from ca2vdm_cli.models.stdit.family import sample_video
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.models.stdit.flops import caption_flops, denoise_flops, forward_flops, run_flops, write_flops
 from tests.conftest import caption, tiny_model
 

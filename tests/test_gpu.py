@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ca2vdm_cli.engine.accel import Acceleration, GraphedStep, accelerate
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
 from ca2vdm_cli.models.stdit.family import sample_video
-from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import caption, tiny_model
 
 pytestmark = [
@@ -47,7 +47,7 @@ def test_the_loop_never_synchronises_with_the_host():
 def test_cuda_graph_replay_matches_eager_bf16():
     model = tiny_model().cuda().to(torch.bfloat16)
     eager = frames(model, "cache")
-    graphed = make_engine("cache", model, 2, 8, chunk_frames=4, step=GraphedStep(model.run_step))
+    graphed = make_engine("cache", model, 2, 8, chunk_frames=4, step=GraphedStep(model.run_denoise))
     replayed = frames(model, graphed)
     assert len(graphed.step.graphs) == 3  # queue sizes 1, 5, 8 (full)
     for a, b in zip(eager, replayed, strict=True):

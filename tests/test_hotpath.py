@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ca2vdm_cli.engine.accel import GraphedStep
-from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
 from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as make_engine
 from tests.conftest import caption, sample_chunks, tiny_model
 
 
@@ -120,7 +120,7 @@ def test_graphed_step_replays_exactly_what_eager_computes(overrides):
     eager = run(model, config, make_engine("cache", model, 2, 5, chunk_frames=4), frames=12)
     backend = ReplayFromBuffers()
     graphed = make_engine(
-        "cache", model, 2, 5, chunk_frames=4, step=GraphedStep(model.run_step, capture=backend)
+        "cache", model, 2, 5, chunk_frames=4, step=GraphedStep(model.run_denoise, capture=backend)
     )
     first = run(model, config, graphed, frames=12)
     graphed.reset()
@@ -133,13 +133,13 @@ def test_graphed_step_replays_exactly_what_eager_computes(overrides):
 
 @pytest.mark.slow
 def test_the_cached_step_compiles_to_one_graph_per_plan_key():
-    """Dynamo traces `run_step` without graph breaks (no host reads) and reuses the graph for every AR step
+    """Dynamo traces `run_denoise` without graph breaks (no host reads) and reuses the graph for every AR step
     and video with the same shapes: queue sizes 1, 5, 5 (full) → two graphs, however many steps."""
     import torch._dynamo
 
     torch._dynamo.reset()
     model = tiny_model()
-    step = torch.compile(model.run_step, backend="eager", dynamic=False, fullgraph=True)
+    step = torch.compile(model.run_denoise, backend="eager", dynamic=False, fullgraph=True)
     engine = make_engine("cache", model, 2, 5, chunk_frames=4, step=step)
     config = SamplingConfig(steps=2, chunk=4, cache_frames=5, cfg_scale=2.0)
     counters = torch._dynamo.utils.counters

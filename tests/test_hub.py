@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.models.stdit.config import SamplingConfig
+from ca2vdm_cli.store.card import ModelCard
 from tests.conftest import tiny_config
 from tests.fakehub import FakeHub, FakeRepo
 

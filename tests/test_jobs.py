@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ca2vdm_cli.engine.jobs import mark_duplicate_outputs, output_name, output_path, parse_jobs, shard, slugify
+from ca2vdm_cli.engine.jobs import (
+    mark_duplicate_outputs,
+    output_name,
+    output_path,
+    parse_jobs,
+    shard,
+    slugify,
+)
 
 SOURCE = """\
 # sky shots

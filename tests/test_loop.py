@@ -37,7 +37,9 @@ class RecordingDenoiser:
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls.append(("predict", x.shape[2], self.written, tuple(self.frame_ids), float(t[0])))
-        context = torch.stack(self.past, 2).mean(2, keepdim=True) if self.past else torch.zeros_like(x[:, :, :1])
+        context = (
+            torch.stack(self.past, 2).mean(2, keepdim=True) if self.past else torch.zeros_like(x[:, :, :1])
+        )
         return 0.5 * x + context
 
 
@@ -87,7 +89,10 @@ def test_one_write_per_chunk_and_the_past_is_read_only_during_a_chunk():
     assert [c.shape[2] for c in chunks] == [4, 4, 2]
     kinds = [c[0] for c in d.calls]
     # reset, the given frame, then per chunk: 3 predicts and (except after the last) one write
-    assert kinds == ["reset", "write"] + ["predict"] * 3 + ["write"] + ["predict"] * 3 + ["write"] + ["predict"] * 3
+    assert (
+        kinds
+        == ["reset", "write"] + ["predict"] * 3 + ["write"] + ["predict"] * 3 + ["write"] + ["predict"] * 3
+    )
     assert d.calls[0] == ("reset", "cap")
     writes = [c for c in d.calls if c[0] == "write"]
     assert [(n, start) for _, n, start in writes] == [(1, 0), (4, 1), (4, 5)]  # frames in order, once each

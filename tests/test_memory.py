@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.models.stdit.convert import build_meta
+from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters
+from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.store.memory import (
     GIB,
     MemoryPlanError,
@@ -17,7 +18,6 @@ from ca2vdm_cli.store.memory import (
     estimate_memory,
     safetensors_numel,
 )
-from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters
 from ca2vdm_cli.store.presets import load_preset, preset_names
 from tests.conftest import tiny_config, tiny_model
 

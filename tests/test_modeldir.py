@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from ca2vdm_cli.store.card import CARD_FILE, TRANSFORMER_FILE, read_card
 from ca2vdm_cli.errors import ConfigError, WeightsError
-from ca2vdm_cli.store.modeldir import load_model_dir
 from ca2vdm_cli.media.text import encode_text
 from ca2vdm_cli.media.vae import decode_latents, encode_frames
+from ca2vdm_cli.store.card import CARD_FILE, TRANSFORMER_FILE, read_card
+from ca2vdm_cli.store.modeldir import load_model_dir
 from tests.factories import tiny_card, tiny_model, write_tiny_model_dir
 
 

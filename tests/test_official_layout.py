@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
 from tests.conftest import tiny_model
 

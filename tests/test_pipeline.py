@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.engine.pipeline import Pipeline
 from ca2vdm_cli.engine.request import GenerateRequest, check_inputs
+from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
 from tests.conftest import tiny_config, tiny_model
 from tests.factories import tiny_card, write_tiny_model_dir

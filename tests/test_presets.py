@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ca2vdm_cli.store.card import ModelCard, write_card
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.store.card import ModelCard, write_card
 from ca2vdm_cli.store.presets import PACKAGE, load_preset, packaged_weights, parse_sources, preset_names
 from ca2vdm_cli.store.weights import resolve_model
 from tests.conftest import tiny_config

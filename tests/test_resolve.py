@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm_cli.store.card import read_card
 from ca2vdm_cli.errors import DownloadError
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.store.card import read_card
 from ca2vdm_cli.store.weights import resolve_model
 from tests.conftest import tiny_config, tiny_model
 from tests.fakehub import FakeHub, FakeRepo

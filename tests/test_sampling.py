@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ca2vdm_cli.engine.loop import chunk_lengths
-from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.models.stdit.config import SamplingConfig
 from tests.conftest import sample_chunks, tiny_model
 
 

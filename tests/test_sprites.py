@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.sprites import world as sprites
 
 GRAMMAR = re.compile(
     r"a (red|green|blue|yellow|magenta|cyan|white|orange) (circle|square|triangle) moving "

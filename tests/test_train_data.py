@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.train import data
 
 

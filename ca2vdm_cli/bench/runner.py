@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ca2vdm_cli.bench.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
+from ca2vdm_cli.bench.report import EngineResult, Report, Run, speedups, summarise
+from ca2vdm_cli.bench.setups import BenchSetup
 from ca2vdm_cli.engine.accel import Acceleration, accelerate
 from ca2vdm_cli.engine.loop import chunk_lengths
+from ca2vdm_cli.engine.noise import seeded_noise
 from ca2vdm_cli.engine.pipeline import Pipeline
 from ca2vdm_cli.engine.request import CheckedInputs, GenerateRequest, ProgressEvent
-from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, make_denoiser
-from ca2vdm_cli.bench.setups import BenchSetup
-from ca2vdm_cli.bench.report import EngineResult, Report, Run, speedups, summarise
 from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, make_denoiser
 from ca2vdm_cli.models.stdit.flops import run_flops
-from ca2vdm_cli.bench.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
-from ca2vdm_cli.engine.noise import seeded_noise
 
 logger = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from ca2vdm_cli.store.card import ModelCard, read_card
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.store.card import ModelCard, read_card
 from ca2vdm_cli.store.modeldir import Components
+from ca2vdm_cli.store.presets import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sprites"
 # diffusers AutoencoderKL constructor arguments of the VAEs built for random-weight runs
 SD_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4,

@@ -51,14 +51,13 @@ def main() -> None:
     """Console-script entry point: run the app, turning known errors into one line and exit code 1."""
     from ca2vdm_cli.cli import commands  # noqa: F401  (registers the commands)
 
-    debug = "--debug" in sys.argv[1:]
     try:
         app()  # standalone: usage errors print and exit 2, typer.Exit carries its code
     except KeyboardInterrupt:
         fail("interrupted")
         sys.exit(130)
     except Ca2VDMError as exc:
-        if debug:
+        if state["debug"]:  # set by the commands' --debug option while parsing
             raise
         fail(str(exc))
         sys.exit(1)

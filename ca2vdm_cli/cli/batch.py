@@ -174,8 +174,8 @@ class BatchRun:
         from ca2vdm_cli.cli.progress import configure_logging
         from ca2vdm_cli.cli.render import resolve_model
         from ca2vdm_cli.engine.distributed import Ranks, process_group, rank_device
-        from ca2vdm_cli.errors import ConfigError
         from ca2vdm_cli.engine.runtime import resolve_dtype
+        from ca2vdm_cli.errors import ConfigError
 
         self.ranks = Ranks.from_env()
         tag = f"rank {self.ranks.rank}/{self.ranks.world_size}: " if self.ranks.distributed else ""
@@ -199,8 +199,8 @@ class BatchRun:
     def _items(self, source: str) -> list[Any]:
         """This rank's share of the parsed job list (rank 0 reads SOURCE, every rank gets its lines)."""
         from ca2vdm_cli.engine.distributed import share_from_rank0
-        from ca2vdm_cli.errors import Ca2VDMError, InputError
         from ca2vdm_cli.engine.jobs import mark_duplicate_outputs, parse_jobs, shard
+        from ca2vdm_cli.errors import Ca2VDMError, InputError
 
         loaded: tuple[str, Any, Any] | None = None
         if self.ranks.rank == 0:
@@ -253,8 +253,8 @@ class BatchRun:
     def _process(self, item: Any, stop: Any) -> dict[str, Any]:
         """Plan, skip or render one item; its errors become its result (Interrupted propagates)."""
         from ca2vdm_cli.cli.render import Interrupted, check_memory, plan_render, render_video
-        from ca2vdm_cli.errors import Ca2VDMError
         from ca2vdm_cli.engine.jobs import output_path
+        from ca2vdm_cli.errors import Ca2VDMError
 
         started = time.perf_counter()
         result: dict[str, Any] = {

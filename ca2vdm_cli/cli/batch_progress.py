@@ -11,7 +11,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ca2vdm_cli.cli.progress import GIB, format_seconds
+from ca2vdm_cli.cli.progress import GIB
+from ca2vdm_cli.units import format_seconds
 
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
     from ca2vdm_cli.engine.request import ProgressEvent

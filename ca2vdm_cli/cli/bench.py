@@ -79,9 +79,9 @@ def bench(
     time and peak memory per AR step, KV-cache bytes, FLOPs, MFU and speedups."""
     import torch
 
-    from ca2vdm_cli.engine.accel import Acceleration
     from ca2vdm_cli.bench.runner import Bench, BenchOptions
     from ca2vdm_cli.bench.setups import load_setup
+    from ca2vdm_cli.engine.accel import Acceleration
 
     if plot is not None:
         from ca2vdm_cli.bench.plot import check_available

@@ -8,14 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ca2vdm_cli.units import format_bytes
+
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+    return format_bytes(n, digits=2)
 
 
 def human_flops(n: float | None, suffix: str = "") -> str:

@@ -129,8 +129,8 @@ def run_generate(
         render_video,
         resolve_model,
     )
-    from ca2vdm_cli.errors import InputError
     from ca2vdm_cli.engine.runtime import resolve_device, resolve_dtype
+    from ca2vdm_cli.errors import InputError
     from ca2vdm_cli.media.video import default_output_name
 
     started = time.perf_counter()
@@ -216,7 +216,7 @@ def _result(plan: Any, pipeline: Any, seconds: float, gen_seconds: float) -> dic
 
 
 def _summary(r: dict[str, Any]) -> str:
-    from ca2vdm_cli.cli.progress import format_bytes
+    from ca2vdm_cli.units import format_bytes
 
     if r["peak_gpu_memory_bytes"] is not None:
         peak = f"peak GPU memory {format_bytes(r['peak_gpu_memory_bytes'])}"

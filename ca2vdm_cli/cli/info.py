@@ -150,8 +150,9 @@ def _cache_dirs() -> dict[str, str]:
 
 
 def _default_model() -> str:
-    from ca2vdm_cli.cli.settings import DEFAULT_MODEL, resolve_model_dir
+    from ca2vdm_cli.cli.settings import resolve_model_dir
     from ca2vdm_cli.errors import Ca2VDMError
+    from ca2vdm_cli.store.presets import DEFAULT_MODEL
 
     try:
         return f"{DEFAULT_MODEL}: {resolve_model_dir(DEFAULT_MODEL, consent=lambda _: False)}"

@@ -77,4 +77,16 @@ Codec = Annotated[Literal["h264", "av1", "mpeg4"] | None, typer.Option(help="Vid
 Config = Annotated[Path | None, typer.Option(help="TOML file of settings (flags take precedence).")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Consent to downloading the model if needed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+
+
+def _remember_debug(value: bool) -> bool:
+    """`--debug` as parsed, for `main()` to decide how to report an error (tracebacks or one line)."""
+    from ca2vdm_cli.cli import state
+
+    state["debug"] = value
+    return value
+
+
+Debug = Annotated[
+    bool, typer.Option("--debug", callback=_remember_debug, help="Show tracebacks and debug logs.")
+]

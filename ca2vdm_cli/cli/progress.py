@@ -14,22 +14,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ca2vdm_cli.units import format_seconds
+
 if TYPE_CHECKING:  # the pipeline imports torch; this module must stay light
     from ca2vdm_cli.engine.request import ProgressEvent
 
 GIB = 2**30
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def format_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class Reporter:

@@ -52,8 +52,9 @@ class Interrupted(Exception):
 
 def resolve_model(settings: dict[str, Any], yes: bool) -> tuple[Path, Any]:
     """The local model directory and its checked card (downloads only with consent)."""
-    from ca2vdm_cli.cli.settings import DEFAULT_MODEL, consent_prompt, resolve_model_dir
+    from ca2vdm_cli.cli.settings import consent_prompt, resolve_model_dir
     from ca2vdm_cli.store.modeldir import check_model_dir
+    from ca2vdm_cli.store.presets import DEFAULT_MODEL
 
     model_dir = resolve_model_dir(settings.get("model") or DEFAULT_MODEL, consent_prompt(yes))
     return model_dir, check_model_dir(model_dir)
@@ -64,9 +65,9 @@ def plan_render(
 ) -> Plan:
     """Check one render in seconds. `settings` holds merged values with `seed` and `out` set."""
     from ca2vdm_cli.cli.settings import as_paths
-    from ca2vdm_cli.errors import OutputError
     from ca2vdm_cli.engine.request import DEFAULT_FRAMES, GenerateRequest, check_inputs, check_replay
     from ca2vdm_cli.engine.resume import OutputState, Sidecar, inspect_output, sidecar_dir
+    from ca2vdm_cli.errors import OutputError
     from ca2vdm_cli.media.video import FrameDirWriter, check_codec, check_frame_size, check_output_path
 
     request = GenerateRequest(
@@ -106,7 +107,9 @@ def plan_render(
     frames_dir = None
     if settings.get("frames_dir"):  # rewritten from frame 0 on resume: the replayed chunks come back too
         frames_dir = FrameDirWriter(settings["frames_dir"], existing != "refuse")
-    return Plan(model_dir, card, request, inputs, out, codec, quality, fps, frames_dir, sidecar, state, replay)
+    return Plan(
+        model_dir, card, request, inputs, out, codec, quality, fps, frames_dir, sidecar, state, replay
+    )
 
 
 def render_fingerprint(
@@ -176,9 +179,9 @@ def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, settings: di
     import torch
 
     from ca2vdm_cli.cli.progress import quiet_libraries
-    from ca2vdm_cli.store.modeldir import load_model_dir
     from ca2vdm_cli.engine.pipeline import Pipeline
     from ca2vdm_cli.engine.runtime import is_out_of_memory, out_of_memory_error
+    from ca2vdm_cli.store.modeldir import load_model_dir
 
     text_encoder = settings.get("text_encoder") or "device"
     accel = acceleration(settings)  # a CUDA-graph request on another device is refused by the pipeline
@@ -200,9 +203,9 @@ def load_pipeline(plan: Plan, device: Any, dtype: Any, debug: bool, settings: di
 
 def describe(plan: Plan, pipeline: Any) -> str:
     """The up-front line: where it runs, weight and KV-cache memory, and the shape of the job."""
-    from ca2vdm_cli.store.card import CARD_FILE
-    from ca2vdm_cli.cli.progress import format_bytes
     from ca2vdm_cli.engine.runtime import dtype_name
+    from ca2vdm_cli.store.card import CARD_FILE
+    from ca2vdm_cli.units import format_bytes
 
     s, weights = plan.inputs.sampling, pipeline.weight_bytes()
     rows = 2 if s.cfg_scale != 1.0 else 1
@@ -225,8 +228,8 @@ def render_video(plan: Plan, pipeline: Any, reporter: Any, stop: Any) -> float:
     import signal
 
     from ca2vdm_cli.cli.interrupts import Stopped
-    from ca2vdm_cli.errors import Ca2VDMError
     from ca2vdm_cli.engine.runtime import is_out_of_memory, out_of_memory_error
+    from ca2vdm_cli.errors import Ca2VDMError
     from ca2vdm_cli.media.video import VideoWriter
 
     card, request, s = plan.card, plan.request, plan.inputs.sampling

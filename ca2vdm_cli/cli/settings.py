@@ -19,8 +19,6 @@ from typing import Any
 
 from ca2vdm_cli.errors import ConfigError
 
-DEFAULT_MODEL = "sprites"  # the embedded default model (weights/sprites/)
-
 # key -> (accepted Python types, description for errors)
 GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "prompt": ((str,), "a string"),

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.models.stdit.block import CachedStep, PreparedText
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 
-StepFn = Callable[[CachedStep, Tensor, Tensor, PreparedText | None], Tensor | None]
+# a family's denoising step: (plan, x, t, prepared caption) -> model output; plans carry `key` and `inputs()`
+StepFn = Callable[[Any, Tensor, Tensor, Any], Tensor]
+CachedStep = PreparedText = Any
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,19 @@ class Acceleration:
         return "+".join(parts) or "eager"
 
 
-def accelerate(model: CausalSTDiT, accel: Acceleration, device: torch.device) -> tuple[StepFn | None, Any]:
-    """The cached step and full forward to hand to `make_engine` (None: the model's own)."""
+def accelerate(model: Any, accel: Acceleration, device: torch.device) -> tuple[StepFn | None, Any]:
+    """The model's cached step (`run_denoise`) and full forward to hand to its denoisers (None: the
+    model's own), compiled and/or captured as `accel` says."""
     if accel.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device, not {device.type}; drop --cuda-graphs")
     step: StepFn | None = None
     forward = None
     if accel.compile:
         # static shapes per plan key: one graph per key, no dynamic-shape guards in the hot step
-        step = torch.compile(model.run_step, dynamic=False, mode=accel.compile_mode)
+        step = torch.compile(model.run_denoise, dynamic=False, mode=accel.compile_mode)
         forward = torch.compile(model.forward, mode=accel.compile_mode)
     if accel.cuda_graphs:
-        step = GraphedStep(step or model.run_step)
+        step = GraphedStep(step or model.run_denoise)
     return step, forward
 
 

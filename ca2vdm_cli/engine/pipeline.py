@@ -39,16 +39,15 @@ from ca2vdm_cli.engine.request import (
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.media.text import encode_text
 from ca2vdm_cli.media.vae import decode_latents, encode_frames
+from ca2vdm_cli.models import family
 from ca2vdm_cli.models.stdit.config import SamplingConfig
-from ca2vdm_cli.models.stdit.denoisers import make_denoiser
-from ca2vdm_cli.models.stdit.family import Engine, model_rows, sample_video
-from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
 from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.store.modeldir import Components, load_model_dir
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressEvent], None]
+EAGER = Acceleration()
 CaptionFn = Callable[[list[str]], tuple[Tensor | None, Tensor | None]]
 
 
@@ -68,7 +67,7 @@ class Pipeline:
         components: Components,
         *,
         free_text_encoder: bool = False,
-        accel: Acceleration = Acceleration(),
+        accel: Acceleration = EAGER,
         encode_caption: CaptionFn | None = None,
     ) -> None:
         """`free_text_encoder`: drop the text encoder after the first prompts are encoded (one-shot runs on a
@@ -84,6 +83,7 @@ class Pipeline:
         self._step, self._forward = accelerate(self.model, accel, self.device)
         self._encode_caption = encode_caption
         self._denoisers: dict[tuple[Any, ...], Any] = {}
+        self.family = family(self.card.family)  # the model family's denoisers, loop and sizes
 
     @classmethod
     def from_model_dir(
@@ -91,7 +91,7 @@ class Pipeline:
         path: str | Path,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        accel: Acceleration = Acceleration(),
+        accel: Acceleration = EAGER,
     ) -> Pipeline:
         return cls(load_model_dir(path, device, dtype), accel=accel)
 
@@ -105,14 +105,15 @@ class Pipeline:
 
     def cache_bytes(self, sampling: SamplingConfig, batch: int = 1) -> int:
         nbytes = torch.empty((), dtype=self.dtype).element_size()
-        return kv_cache_bytes(self.card.model, model_rows(sampling, batch), sampling.cache_frames, nbytes)
+        rows = self.family.model_rows(sampling, batch)
+        return self.family.kv_cache_bytes(self.card.model, rows, sampling.cache_frames, nbytes)
 
     def denoiser(self, engine: str, sampling: SamplingConfig, batch: int) -> Any:
         """The pipeline's denoiser for `engine` at this batch and cache size, made once and kept."""
-        rows = model_rows(sampling, batch)
+        rows = self.family.model_rows(sampling, batch)
         key = (engine, rows, sampling.cache_frames, sampling.chunk)
         if key not in self._denoisers:
-            self._denoisers[key] = make_denoiser(
+            self._denoisers[key] = self.family.make_denoiser(
                 engine,
                 self.model,
                 rows,
@@ -193,7 +194,7 @@ class Pipeline:
         inputs: Sequence[CheckedInputs] | None = None,
         replay: Sequence[Sequence[Tensor]] | None = None,
         prefix: Tensor | None = None,
-        denoiser: Engine | None = None,
+        denoiser: Any = None,
         decode: bool = True,
     ) -> Iterator[BatchChunk]:
         """Yield the chunks of a batch of videos that share their length, sampling settings and number of
@@ -205,8 +206,12 @@ class Pipeline:
             for notice in {n for i in inputs for n in i.notices}:
                 logger.info("%s", notice)
         first, request = inputs[0], requests[0]
-        for other, req in zip(inputs[1:], requests[1:], strict=True):
-            if (other.sampling, other.chunks, other.num_given) != (first.sampling, first.chunks, first.num_given):
+        for other in inputs[1:]:
+            if (other.sampling, other.chunks, other.num_given) != (
+                first.sampling,
+                first.chunks,
+                first.num_given,
+            ):
                 raise ConfigError("a batch needs the same frames, sampling settings and number of images")
         sampling, chunks = first.sampling, first.chunks
         seeds = [r.seed for r in requests]
@@ -240,7 +245,7 @@ class Pipeline:
         for k, z in enumerate(saved):  # decoded again (no progress events): the output holds every frame once
             yield piece(k, z, starts[k], True)
         done = num_given + sum(chunks[: len(saved)])
-        stream = sample_video(
+        stream = self.family.sample_video(
             self.model,
             sampling,
             num_frames=sum(chunks),
@@ -248,7 +253,9 @@ class Pipeline:
             prefix=prefix,
             y=y,
             y_mask=y_mask,
-            engine=denoiser if denoiser is not None else self.denoiser(request.engine, sampling, len(requests)),
+            engine=denoiser
+            if denoiser is not None
+            else self.denoiser(request.engine, sampling, len(requests)),
             replay=saved,
             on_step=lambda k, n, _: emit("denoise", k, n, done),
         )

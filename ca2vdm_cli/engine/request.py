@@ -19,8 +19,8 @@ from torch import Tensor
 from ca2vdm_cli.engine.loop import chunk_lengths
 from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.media.video import read_image
+from ca2vdm_cli.models import family
 from ca2vdm_cli.models.stdit.config import SamplingConfig
-from ca2vdm_cli.models.stdit.denoisers import ENGINES
 from ca2vdm_cli.store.card import ModelCard
 
 DEFAULT_FRAMES = 49  # 1 given frame + 6 chunks of 8: the Ca2-VDM paper's SkyTimelapse sampling length
@@ -76,7 +76,9 @@ class BatchChunk:
 
     def video(self, b: int) -> FrameChunk:
         frames = None if self.frames is None else self.frames[b]
-        return FrameChunk(self.index, frames, self.latents[b : b + 1], self.start, self.num_given, self.replayed)
+        return FrameChunk(
+            self.index, frames, self.latents[b : b + 1], self.start, self.num_given, self.replayed
+        )
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
         )
     if not 0 <= request.seed < 2**63:
         raise InputError(f"--seed {request.seed} must be in 0..2^63-1")
-    if request.engine not in ENGINES:
-        raise ConfigError(f"engine {request.engine!r} is not one of {', '.join(ENGINES)}")
+    engines = family(card.family).ENGINES
+    if request.engine not in engines:
+        raise ConfigError(f"engine {request.engine!r} is not one of {', '.join(engines)}")
     sampling = sampling_config(card, request)
     notices: list[str] = []
     num_given = len(request.images)
@@ -170,7 +173,9 @@ def check_replay(card: ModelCard, inputs: CheckedInputs, replay: Sequence[Tensor
     """Saved chunks (1, c, l, h, w) of an interrupted render must match this request's chunks."""
     chunks = inputs.chunks
     if len(replay) > len(chunks):
-        raise InputError(f"{len(replay)} chunks to resume from, but this request has only {len(chunks)} chunks")
+        raise InputError(
+            f"{len(replay)} chunks to resume from, but this request has only {len(chunks)} chunks"
+        )
     c, (h, w) = card.model.in_channels, card.model.latent_size
     for k, z in enumerate(replay):
         needed = (1, c, chunks[k], h, w)

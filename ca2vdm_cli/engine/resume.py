@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from ca2vdm_cli.errors import OutputError
+from ca2vdm_cli.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ def model_identity(model_dir: str | Path) -> list[tuple[str, int, int]]:
 def sidecar_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".parts")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Sidecar:
@@ -121,7 +112,7 @@ class Sidecar:
         from safetensors.torch import save
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
+        atomic_write(
             self._chunk_path(self.chunks), save({"latents": latents.detach().float().contiguous().cpu()})
         )
         self.chunks += 1
@@ -135,7 +126,7 @@ class Sidecar:
 
     def _write_manifest(self) -> None:
         data = {"version": VERSION, "fingerprint": self.fingerprint, "chunks": self.chunks}
-        _atomic_write(self.dir / "manifest.json", json.dumps(data).encode())
+        atomic_write(self.dir / "manifest.json", json.dumps(data).encode())
 
 
 @dataclass

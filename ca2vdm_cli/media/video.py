@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction

@@ -28,8 +28,6 @@ import numpy as np
 
 from ca2vdm_cli.sprites.world import COLOURS, DIRECTIONS, HEADROOM, parse_prompt
 
-
-
 COLOUR_TOLERANCE = 64.0  # half the smallest distance between two sprite colours (red–orange: 128)
 MIN_PIXELS = 20
 DIRECTION_MIN_PX = 3.0

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.models import FAMILY_NAMES
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
 
 CARD_FILE = "ca2vdm.json"
 TRANSFORMER_FILE = "transformer.safetensors"
@@ -58,8 +59,13 @@ class ModelCard:
     intended_use: str = ""
     license: str = ""
     sources: dict[str, Any] = field(default_factory=dict)  # downloadable presets: where each part comes from
+    family: str = "stdit"  # the model family (`models.family`): architecture, denoisers, sampler
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILY_NAMES:
+            raise ConfigError(
+                f"card {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILY_NAMES)}"
+            )
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"card {self.name!r}: tokenizer {self.tokenizer!r} is not one of {TOKENIZERS}")
         lat = (self.height // self.vae_downsample, self.width // self.vae_downsample)
@@ -79,6 +85,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "family": self.family,
             "description": self.description,
             "intended_use": self.intended_use,
             "license": self.license,
@@ -95,6 +102,7 @@ class ModelCard:
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
         known = {
             "name",
+            "family",
             "description",
             "intended_use",
             "license",
@@ -114,6 +122,7 @@ class ModelCard:
         video, vae, text = d.get("video", {}), d.get("vae", {}), d.get("text", {})
         return cls(
             name=d["name"],
+            family=d.get("family", "stdit"),
             model=ModelConfig.from_dict(d["model"]),
             sampling=SamplingConfig.from_dict(d.get("sampling", {})),
             fps=int(video.get("fps", 8)),

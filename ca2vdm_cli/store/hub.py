@@ -24,7 +24,9 @@ import re
 from pathlib import Path
 
 from ca2vdm_cli.errors import DownloadError
-from ca2vdm_cli.store.presets import Source, SourceFile, human_bytes
+from ca2vdm_cli.fileio import atomic_write
+from ca2vdm_cli.store.presets import Source, SourceFile
+from ca2vdm_cli.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,12 @@ class HashRecord:
             entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if kind not in entry:
             if st.st_size > 100_000_000:
-                logger.info("checking %s of %s (%s)", kind, Path(path).name, human_bytes(st.st_size))
+                logger.info(
+                    "checking %s of %s (%s)",
+                    kind,
+                    Path(path).name,
+                    format_bytes(st.st_size, digits=2, decimal=True),
+                )
             entry[kind] = _hash_file(Path(real), kind)
             self.data[real] = entry
             self._save()
@@ -61,10 +68,7 @@ class HashRecord:
             self._save()
 
     def _save(self) -> None:
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.file)
+        atomic_write(self.file, json.dumps(self.data, indent=1))
 
 
 def _hash_file(path: Path, kind: str) -> str:
@@ -157,7 +161,11 @@ def remove_stale_partials(source: Source, hub_dir: Path) -> None:
         try:
             size = partial.stat().st_size
             partial.unlink(missing_ok=True)
-            logger.info("removed a stale partial download %s (%s)", partial.name, human_bytes(size))
+            logger.info(
+                "removed a stale partial download %s (%s)",
+                partial.name,
+                format_bytes(size, digits=2, decimal=True),
+            )
         finally:
             lock.release()
 
@@ -178,7 +186,10 @@ def fetch(source: Source, file: SourceFile, hub_dir: Path, record: HashRecord) -
     size = _preflight(source, file)  # fails fast (no retries) when the Hub is unreachable or says 404
     remove_stale_partials(source, hub_dir)
     logger.info(
-        "downloading %s (%s) from %s", name, human_bytes(size or file.planned_size), constants.ENDPOINT
+        "downloading %s (%s) from %s",
+        name,
+        format_bytes(size or file.planned_size, digits=2, decimal=True),
+        constants.ENDPOINT,
     )
     try:
         local = hf_hub_download(source.repo, file.path, revision=source.revision, cache_dir=hub_dir)

@@ -11,10 +11,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
+from ca2vdm_cli.errors import Ca2VDMError
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters, kv_cache_bytes
-from ca2vdm_cli.errors import Ca2VDMError
+from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
 
 GIB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ca2vdm_cli.errors import WeightsError
+from ca2vdm_cli.models.stdit.model import CausalSTDiT
 from ca2vdm_cli.store.card import (
     CARD_FILE,
     TEXT_ENCODER_DIR,
@@ -20,8 +22,6 @@ from ca2vdm_cli.store.card import (
     read_card,
     write_card,
 )
-from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ca2vdm_cli.store.card import CARD_FILE, ModelCard, read_card
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.store.card import CARD_FILE, ModelCard, read_card
+from ca2vdm_cli.units import format_bytes
 
 PACKAGE = "ca2vdm_cli.bundled_weights"
+DEFAULT_MODEL = "sprites"  # the embedded default model (weights/sprites/), used without --model
 EMBEDDED_DEFAULT = "sprites"
 ROLES = ("transformer", "vae", "text_encoder", "tokenizer")
 # transformer formats: how `transformer` files become transformer.safetensors
@@ -209,20 +211,12 @@ def cache_status(card: ModelCard, cache_dir: str | Path | None = None) -> str:
     return "yes" if done else "no"
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
-
-
 def card_summary(card: ModelCard) -> dict[str, Any]:
     """The facts `ca2vdm models` shows about one card (no parameter count: see memory.count_parameters)."""
     return {
         "name": card.name,
         "resolution": f"{card.width}x{card.height}",
-        "download": human_bytes(download_size(card)) if card.sources else "-",
+        "download": format_bytes(download_size(card), digits=2, decimal=True) if card.sources else "-",
         "license": card.license,
         "use": card.intended_use,
     }

@@ -23,19 +23,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, TRANSFORMER_FILE, VAE_DIR, ModelCard, read_card, write_card
 from ca2vdm_cli.errors import ConfigError, DownloadError
+from ca2vdm_cli.fileio import atomic_write
+from ca2vdm_cli.store.card import (
+    TEXT_ENCODER_DIR,
+    TRANSFORMER_FILE,
+    VAE_DIR,
+    ModelCard,
+    read_card,
+    write_card,
+)
 from ca2vdm_cli.store.presets import (
     Source,
     ca2vdm_cache,
     card_digest,
     embedded_dir,
     hub_cache,
-    human_bytes,
     load_preset,
     model_dir,
     parse_sources,
 )
+from ca2vdm_cli.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -214,15 +222,15 @@ def _build(
         "sources": [str(p) for ps in paths.values() for p in ps]
         + ([str(Path(weights).resolve())] if weights else []),
     }
-    tmp = directory / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, directory / MANIFEST)  # written last: the directory is complete
+    atomic_write(
+        directory / MANIFEST, json.dumps(manifest, indent=1)
+    )  # written last: the directory is complete
     logger.info("model ready: %s", directory)
     return Prepared(directory, [Path(p) for p in manifest["sources"]])
 
 
 def _ask(card: ModelCard, missing: list, consent: Consent | None) -> None:
-    size = human_bytes(sum(f.planned_size for _, f in missing))
+    size = format_bytes(sum(f.planned_size for _, f in missing), digits=2, decimal=True)
     repos = ", ".join(sorted({s.repo for s, _ in missing}))
     if consent is None:
         raise DownloadError(

@@ -9,7 +9,6 @@ so a crash never leaves a half-written `step-XXXXXXX.safetensors`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ca2vdm_cli.errors import WeightsError
+from ca2vdm_cli.fileio import atomic_path
 
 FORMAT = "ca2vdm-train-checkpoint/1"
 _NAME = re.compile(r"step-(\d{7})\.safetensors")
@@ -63,10 +63,8 @@ def save_checkpoint(
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "extra": json.dumps(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

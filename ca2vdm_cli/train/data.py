@@ -23,8 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.sprites import world as sprites
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ca2vdm_cli.sampling.ddpm import Diffusion
-from ca2vdm_cli.train.losses import training_losses
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.sampling.ddpm import Diffusion
+from ca2vdm_cli.train.losses import training_losses
 
 
 def allowed_prefix_lengths(chunk: int, cache_frames: int, p_zero: float, t2v: bool) -> list[int]:
@@ -84,8 +84,7 @@ def make_prefix_batch(
 def prefix_loss(diffusion: Diffusion, model_out: Tensor, batch: PrefixBatch) -> dict[str, Tensor]:
     """Hybrid loss averaged over the batch; the prefix frames carry no loss (frame mask = 1 - prefix)."""
     losses = training_losses(
-        diffusion,
-        model_out, batch.x0, batch.x_t, batch.t, batch.noise, frame_mask=1 - batch.prefix_mask
+        diffusion, model_out, batch.x0, batch.x_t, batch.t, batch.noise, frame_mask=1 - batch.prefix_mask
     )
     return {k: v.mean() for k, v in losses.items()}
 

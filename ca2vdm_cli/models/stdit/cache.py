@@ -119,11 +119,6 @@ class KVCache:
         return (slots - self.frames_written) % self.max_frames
 
     # ------------------------------------------------------------------ temporal K|V
-    def read(self, block: int) -> tuple[Tensor, Tensor]:
-        """Views of the valid slots of one block: k, v (B·S, h, n_cached, d), in slot order."""
-        n = self.num_cached
-        return self.k[block, :, :, :n], self.v[block, :, :, :n]
-
     def window(self, block: int, n_cached: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values [n_cached cached frames (slot order) ; the chunk's k, v (B·S, h, n, d)] of one
         block: a view with the chunk in the scratch slots when the queue is full and the chunk fits,

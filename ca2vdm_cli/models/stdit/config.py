@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ca2vdm_cli.errors import ConfigError
@@ -66,7 +66,6 @@ class ModelConfig:
     pe_mode: str = "prev_frames"
     pe_frames: int = 3
     temporal_attention: str = "causal"  # causal | full | partial
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -130,14 +129,13 @@ class ModelConfig:
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("extra")
         d["latent_size"] = list(self.latent_size)
         d["patch_size"] = list(self.patch_size)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
@@ -236,6 +234,24 @@ def _parse_spatial_enhance(value: Any) -> tuple[str, int]:
     if not match:
         raise ConfigError(f"spatial_attn_enhance={value!r} is not None, 'first_frame' or 'prev_frames_N'")
     return "prev_frames", int(match.group(1))
+
+
+def mismatch_cause(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """The likely reason a checkpoint's keys do not fit a CausalSTDiT configuration."""
+    keys = missing + unexpected
+    if any("attn_cf" in k for k in keys):
+        return (
+            "the checkpoint and the architecture disagree on prefix-enhanced attention (spatial_attn_enhance)"
+        )
+    if any("cross_attn" in k or "y_embedder" in k for k in keys):
+        return "the checkpoint and the architecture disagree on text conditioning (caption_channels)"
+    if any("attn_temp_pre_merge" in k for k in keys):
+        return "the checkpoint and the architecture disagree on the mask channel (temp_extra_in_channels)"
+    if any(k.startswith("blocks.") for k in keys):
+        return "the checkpoint has a different depth than the chosen architecture"
+    if wrong:
+        return "the checkpoint has a different width or resolution than the chosen architecture"
+    return "this is not a CausalSTDiT checkpoint"
 
 
 @dataclass(frozen=True)

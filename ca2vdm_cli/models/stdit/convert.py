@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.errors import WeightsError
+from ca2vdm_cli.fileio import atomic_path
+from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
 
 logger = logging.getLogger(__name__)
@@ -227,10 +227,8 @@ def convert_checkpoint(src: str | Path, config: ModelConfig, fmt: str, out: str 
         raise ValueError(f"cannot convert format {fmt!r}")
     model = load_into_meta(sd, config, src.name)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     meta = {"format": "pt", "ca2vdm_config": json.dumps(config.to_dict()), "converted_from": fmt}
     logger.info("writing %s", out)
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return out

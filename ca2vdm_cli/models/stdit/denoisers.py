@@ -32,11 +32,16 @@ class CacheDenoiser:
     at its first denoising step and dropped when frames are written."""
 
     def __init__(
-        self, model: CausalSTDiT, rows: int, cache_frames: int, chunk_frames: int = 0, step: StepFn | None = None
+        self,
+        model: CausalSTDiT,
+        rows: int,
+        cache_frames: int,
+        chunk_frames: int = 0,
+        step: StepFn | None = None,
     ) -> None:
         self.model, self.rows = model, rows
         self.cache = model.new_cache(rows, cache_frames, chunk_frames)
-        self.step = step  # None: model.run_step
+        self.step = step  # None: model.run_denoise
         self.text: PreparedText | None = None
         self._plan: CachedStep | None = None
 
@@ -52,7 +57,7 @@ class CacheDenoiser:
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
         if self._plan is None or self._plan.n_new != x.shape[2]:
             self._plan = self.model.plan_step(self.cache, x.shape[2], write=False)
-        step = self.step or self.model.run_step
+        step = self.step or self.model.run_denoise
         out = step(self._plan, x, t, self.text)
         assert out is not None
         return out
@@ -62,7 +67,9 @@ class RecomputeDenoiser:
     """No cache: [clean condition frames ; noisy chunk] through the full causal forward at every step, the
     condition capped to the newest `max_condition` frames (None: never)."""
 
-    def __init__(self, model: CausalSTDiT, max_condition: int | None, forward: ForwardFn | None = None) -> None:
+    def __init__(
+        self, model: CausalSTDiT, max_condition: int | None, forward: ForwardFn | None = None
+    ) -> None:
         self.model, self.max_condition = model, max_condition
         self.forward = forward or model
         self.text: PreparedText | None = None

@@ -16,10 +16,13 @@ from torch import Tensor
 from ca2vdm_cli.engine.loop import StepCallback, chunk_lengths, sample_chunks
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.stdit.config import SamplingConfig
-from ca2vdm_cli.models.stdit.denoisers import CacheDenoiser, RecomputeDenoiser, make_denoiser
+from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, RecomputeDenoiser, make_denoiser
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
 from ca2vdm_cli.sampling.ddpm import DDPMSampler
 from ca2vdm_cli.sampling.guidance import guide
+
+__all__ = ["ENGINES", "kv_cache_bytes", "make_denoiser", "model_rows", "sample_video"]
 
 Engine = str | CacheDenoiser | RecomputeDenoiser
 

@@ -55,11 +55,6 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-def rope_rotate(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
-    """LLaMA-style rotary embedding on adjacent pairs of the last dim. x (..., L, d); positions (L,)."""
-    return rope_apply(x, *rope_tables(positions.to(x.device), x.shape[-1], theta))
-
-
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 

@@ -8,7 +8,7 @@ Three entry points, all on the same parameters:
 * `write_cache`: a clean chunk at t = 0 whose keys/values are appended to the cache (once per AR step).
 
 The cached path is split for speed: `prepare_text` (once per generation: caption projection and every
-block's caption K|V), `plan_step` (once per AR step: positions, masks, cache views) and `run_step` (every
+block's caption K|V), `plan_step` (once per AR step: positions, masks, cache views) and `run_denoise` (every
 denoising step: static shapes, no host synchronisation, so it can be compiled or captured in a CUDA
 graph). `denoise` and `write_cache` are these three in one call.
 
@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.models.keys import describe_key_mismatch, key_mismatch
 from ca2vdm_cli.models.stdit.block import (
     CachedSpatial,
     CachedStep,
@@ -34,8 +36,7 @@ from ca2vdm_cli.models.stdit.block import (
     PreparedText,
 )
 from ca2vdm_cli.models.stdit.cache import KVCache
-from ca2vdm_cli.models.stdit.config import ModelConfig
-from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.models.stdit.config import ModelConfig, mismatch_cause
 from ca2vdm_cli.models.stdit.layers import (
     CaptionEmbedder,
     FinalLayer,
@@ -298,9 +299,21 @@ class CausalSTDiT(nn.Module):
         mask_feat = torch.full((B, n_new), float(write), device=device)
         return CachedStep(n_new, write, self._tpe(cache.frames_written, n_new), mask_feat, temporal, spatial)
 
-    def run_step(self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None) -> Tensor | None:
-        """One cached pass: x (B, c, n_new, H, W) at timesteps t (B,) -> (B, c_out, n_new, H, W) float32, or
-        None for a write plan (K|V stored; the caller advances the cache). No host syncs, static shapes."""
+    def run_denoise(self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None) -> Tensor:
+        """One denoising pass of a read plan: x (B, c, n_new, H, W) at timesteps t (B,) -> (B, c_out, n_new,
+        H, W) float32; the cache is only read. No host syncs, static shapes (what `accel` compiles)."""
+        tokens, t_emb = self._blocks(step, x, t, text)  # (B, T, S, C), (B, 1, C)
+        return self._unpatchify(self.final_layer(tokens, t_emb))
+
+    def run_write(self, step: CachedStep, x: Tensor, text: PreparedText | None) -> None:
+        """One t = 0 pass of a write plan over clean frames x (B, c, n_new, H, W): their K|V are stored (the
+        caller advances the cache); the last block's output is never computed."""
+        self._blocks(step, x, torch.zeros(x.shape[0], device=x.device), text)
+
+    def _blocks(
+        self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None
+    ) -> tuple[Tensor, Tensor]:
+        """Every block of a cached pass: the last block's tokens (B, T, S, C) and t_emb (B, 1, C)."""
         tokens = self._embed_frames(x)  # (B, T, S, C)
         t_emb, t_mlp = self.embed_timesteps(t)  # (B, 1, C), (B, 1, 6C)
         frames = FrameInputs(step.tpe, step.mask_feat, text)
@@ -308,7 +321,7 @@ class CausalSTDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             kv_only = step.write and i == last  # the last block's output is never used when writing
             tokens = block(tokens, t_mlp, frames, step.temporal, step.spatial, kv_only=kv_only)
-        return None if step.write else self._unpatchify(self.final_layer(tokens, t_emb))
+        return tokens, t_emb
 
     def _check_cached(self, cache: KVCache, x: Tensor) -> None:
         self._check_latents(x)
@@ -333,9 +346,7 @@ class CausalSTDiT(nn.Module):
             raise ValueError(f"the plan is for writing {plan.n_new} frames, not denoising {x.shape[2]}")
         text = self._text(y, y_mask, x.shape[0])
         plan = plan or self.plan_step(cache, x.shape[2], write=False)
-        out = self.run_step(plan, x, t.to(x.device), text)
-        assert out is not None
-        return out
+        return self.run_denoise(plan, x, t.to(x.device), text)
 
     def write_cache(
         self, cache: KVCache, clean: Tensor, y: Caption = None, y_mask: Tensor | None = None
@@ -344,8 +355,7 @@ class CausalSTDiT(nn.Module):
         oldest frames when full); updates the prefix-enhanced spatial context."""
         self._check_cached(cache, clean)
         text = self._text(y, y_mask, clean.shape[0])
-        t = torch.zeros(clean.shape[0], device=clean.device)
-        self.run_step(self.plan_step(cache, clean.shape[2], write=True), clean, t, text)
+        self.run_write(self.plan_step(cache, clean.shape[2], write=True), clean, text)
         cache.advance(clean.shape[2])
 
     # ------------------------------------------------------------------ checkpoints
@@ -354,47 +364,13 @@ class CausalSTDiT(nn.Module):
         with its exact shape; the position tables are regenerated (spec §6). Raises WeightsError."""
         sd = {k: v for k, v in state_dict.items() if k not in REGENERATED_BUFFERS}
         expected = {k: v.shape for k, v in self.state_dict().items() if k not in REGENERATED_BUFFERS}
-        missing = sorted(set(expected) - set(sd))
-        unexpected = sorted(set(sd) - set(expected))
-        wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k]))
+        missing, unexpected, wrong = key_mismatch(sd, expected)
         if missing or unexpected or wrong:
-            raise WeightsError(describe_key_mismatch(missing, unexpected, wrong, sd, expected))
+            raise WeightsError(
+                describe_key_mismatch(missing, unexpected, wrong, sd, expected, mismatch_cause)
+            )
         ref = sd["x_embedder.proj.weight"]
         device = ref.device if ref.device.type != "meta" else torch.device("cpu")
         pos, tpe = self._position_tables(device, ref.dtype if ref.is_floating_point() else torch.float32)
         sd["pos_embed"], sd["pos_embed_temporal"] = pos, tpe
         self.load_state_dict(sd, strict=True, assign=assign)
-
-
-def describe_key_mismatch(
-    missing: list[str],
-    unexpected: list[str],
-    wrong: list[str],
-    got: dict[str, Tensor],
-    expected: dict[str, torch.Size],
-) -> str:
-    """One message listing (first 10 of) missing, unexpected and wrongly shaped keys, with a likely cause."""
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:10])}")
-    if wrong:
-        shapes = [f"{k} {tuple(got[k].shape)} != {tuple(expected[k])}" for k in wrong[:10]]
-        parts.append(f"{len(wrong)} keys with wrong shapes: {', '.join(shapes)}")
-    keys = missing + unexpected
-    if any("attn_cf" in k for k in keys):
-        hint = (
-            "the checkpoint and the architecture disagree on prefix-enhanced attention (spatial_attn_enhance)"
-        )
-    elif any("cross_attn" in k or "y_embedder" in k for k in keys):
-        hint = "the checkpoint and the architecture disagree on text conditioning (caption_channels)"
-    elif any("attn_temp_pre_merge" in k for k in keys):
-        hint = "the checkpoint and the architecture disagree on the mask channel (temp_extra_in_channels)"
-    elif any(k.startswith("blocks.") for k in keys):
-        hint = "the checkpoint has a different depth than the chosen architecture"
-    elif wrong:
-        hint = "the checkpoint has a different width or resolution than the chosen architecture"
-    else:
-        hint = "this is not a CausalSTDiT checkpoint"
-    return "checkpoint does not fit the architecture: " + "; ".join(parts) + f" (likely cause: {hint})"

@@ -40,6 +40,7 @@ def count_buffers(cfg: ModelConfig) -> int:
 
 
 def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_frames: int, bytes_per: int) -> int:
-    """D·B·L_max·S·2C (+ D·B·N·S·2C with prefix-enhanced attention) elements (what `KVCache.nbytes` holds; tested)."""
+    """Bytes of the KV cache: D·B·L_max·S·2C (+ D·B·N·S·2C with prefix-enhanced attention) elements of
+    `bytes_per` bytes; what `KVCache.nbytes` holds (tested)."""
     frames = cache_frames + (cfg.pe_frames if cfg.has_pe else 0)
     return cfg.depth * rows * frames * cfg.tokens_per_frame * 2 * cfg.hidden_size * bytes_per
