@@ -1,0 +1,1 @@
+"""Model families, one subpackage each (`wan`: the causal Wan2.1 DiT)."""

@@ -1,0 +1,1 @@
+"""Samplers: the inference maths of each family (flow matching few-step lists in `flow`)."""
