@@ -116,6 +116,7 @@ class CausalWan(nn.Module):
             windowed=cfg.windowed, device=p.device, dtype=p.dtype,
         )  # fmt: skip
 
+    @torch.no_grad()
     def prepare_context(self, cache: WanKVCache, context: Tensor) -> None:
         """Compute the prompt's cross K/V once: context (B, L ≤ text_len, text_dim), zero-padded to text_len."""
         B, L, _ = context.shape
