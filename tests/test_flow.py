@@ -7,7 +7,14 @@ import torch
 
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.sampling.flow import (
-    CAUSVID, SELF_FORCING, FlowSchedule, flow_to_x0, renoise, sample_block, schedule_timesteps, sigma_at,
+    CAUSVID,
+    SELF_FORCING,
+    FlowSchedule,
+    flow_to_x0,
+    renoise,
+    sample_block,
+    schedule_timesteps,
+    sigma_at,
 )  # fmt: skip
 
 

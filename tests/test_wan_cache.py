@@ -27,10 +27,14 @@ def _data(model: CausalWan, blocks: int, B: int = 2, seed: int = 1):
     return clean, noisy, t, ctx
 
 
-def _loop(model: CausalWan, clean, noisy, t, ctx, mode: str = "absolute", max_frames: int = 64) -> list[torch.Tensor]:
+def _loop(
+    model: CausalWan, clean, noisy, t, ctx, mode: str = "absolute", max_frames: int = 64
+) -> list[torch.Tensor]:
     """Per block: denoise its noisy latents at their t, then write its clean latents."""
     n, T = model.cfg.num_frame_per_block, clean.shape[2]
-    cache = model.new_cache(batch_size=clean.shape[0], max_frames=max_frames, frame_shape=HW, position_mode=mode)
+    cache = model.new_cache(
+        batch_size=clean.shape[0], max_frames=max_frames, frame_shape=HW, position_mode=mode
+    )
     outs = []
     for s in range(0, T, n):
         outs.append(model.denoise(cache, noisy[:, :, s : s + n], t[:, s : s + n], ctx, s))
@@ -59,7 +63,9 @@ def test_window_sink_loop_equals_sliding_oracle(window: int, sink: int, n: int) 
     data = _data(model, blocks=6, B=1)
     outs = _loop(model, *data)
     for b, out in enumerate(outs):
-        torch.testing.assert_close(out, _oracle(model, *data, s=n * b, window=window, sink=sink), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            out, _oracle(model, *data, s=n * b, window=window, sink=sink), atol=1e-5, rtol=0
+        )
 
 
 def test_worked_example_visible_frames() -> None:

@@ -50,7 +50,9 @@ def test_official_layout_on_meta() -> None:
     assert len(got) == 825
     assert got == _official_shapes()
     assert sum(p.numel() for p in model.parameters()) == 1_418_996_800 == param_count(cfg)
-    model.load_official_state_dict({f"model.{k}": torch.empty(s, device="meta") for k, s in _official_shapes().items()})
+    model.load_official_state_dict(
+        {f"model.{k}": torch.empty(s, device="meta") for k, s in _official_shapes().items()}
+    )
 
 
 def test_tiny_param_count() -> None:
@@ -62,7 +64,9 @@ def test_load_is_strict() -> None:
     src, dst = _tiny(), CausalWan(WanConfig.tiny())
     sd = src.state_dict()
     dst.load_official_state_dict(sd)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True)
+    )
     dst.load_official_state_dict({f"model.{k}": v for k, v in sd.items()})
     bad = dict(sd)
     del bad["blocks.1.norm3.bias"]

@@ -39,7 +39,9 @@ def _rope_freqs(head_dim: int, frames: int, grid: tuple[int, int], theta: float 
         ang = pos.double()[:, None] * inv
         return torch.complex(torch.cos(ang), torch.sin(ang))
 
-    f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    f, h, w = torch.meshgrid(
+        torch.arange(frames), torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij"
+    )
     return torch.cat([axis(f.flatten(), t_pairs), axis(h.flatten(), hw), axis(w.flatten(), hw)], dim=-1)
 
 
@@ -50,7 +52,9 @@ def _rotate(x: Tensor, freqs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def masked_forward(model: CausalWan, x: Tensor, t: Tensor, context: Tensor, window: int = -1, sink: int = 0) -> Tensor:
+def masked_forward(
+    model: CausalWan, x: Tensor, t: Tensor, context: Tensor, window: int = -1, sink: int = 0
+) -> Tensor:
     """Flow for every frame of x (B, C, T, H, W) at per-frame t (B, T), block-causal per the mask."""
     cfg = model.cfg
     B, _, T, H, W = x.shape
@@ -62,7 +66,9 @@ def masked_forward(model: CausalWan, x: Tensor, t: Tensor, context: Tensor, wind
     h = h.flatten(2).transpose(1, 2)  # (B, T·S, d)
     text = model.text_embedding(F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1])))
     freqs = _rope_freqs(cfg.head_dim, T, grid)
-    mask = frame_mask(T, cfg.num_frame_per_block, window, sink).repeat_interleave(S, 0).repeat_interleave(S, 1)
+    mask = (
+        frame_mask(T, cfg.num_frame_per_block, window, sink).repeat_interleave(S, 0).repeat_interleave(S, 1)
+    )
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(_rotate(q, freqs), _rotate(k, freqs), v, attn_mask=mask)

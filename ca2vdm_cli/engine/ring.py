@@ -63,7 +63,11 @@ class FrameRing:
         """
         self._check_n(n)
         survivors = set(self._held_after(self.written + n))
-        return [(i, f, self.slot(f)) for i, f in enumerate(range(self.written, self.written + n)) if f in survivors]
+        return [
+            (i, f, self.slot(f))
+            for i, f in enumerate(range(self.written, self.written + n))
+            if f in survivors
+        ]
 
     def evicted_by(self, n: int) -> list[int]:
         """Absolute frames, held now, that a write of n frames would evict, oldest first."""

@@ -48,7 +48,9 @@ class WanKVCache:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if past_frames < sink_frames:
-            raise ConfigError(f"the past holds {past_frames} frames, fewer than the {sink_frames} sink frames")
+            raise ConfigError(
+                f"the past holds {past_frames} frames, fewer than the {sink_frames} sink frames"
+            )
         self.batch_size, self.past_frames, self.block_frames = batch_size, past_frames, block_frames
         self.grid, self.position_mode, self.windowed = grid, position_mode, windowed
         self.tokens_per_frame = grid[0] * grid[1]
@@ -128,7 +130,7 @@ class WanKVCache:
         n = k.shape[2] // S
         if not self.windowed and self.written + n > self.ring.capacity:
             raise InputError(
-                f"the global-attention cache holds {self.ring.capacity} frames and frame {self.written + n - 1} "
+                f"the global-attention cache holds {self.ring.capacity} frames; frame {self.written + n - 1} "
                 f"does not fit; pass max_frames >= {self.written + n} or use a window (local_attn_size)"
             )
         for i, _, slot in self.ring.write_plan(n):

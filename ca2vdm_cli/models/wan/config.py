@@ -1,4 +1,4 @@
-"""Architecture and attention settings of the causal Wan2.1 DiT, built from the official constructor kwargs."""
+"""Architecture and attention settings of the causal Wan2.1 DiT, from the official kwargs."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ class WanConfig:
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
-            raise ConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}; pick a divisor")
+            raise ConfigError(
+                f"dim {self.dim} is not divisible by num_heads {self.num_heads}; pick a divisor"
+            )
         if self.head_dim % 2 or self.head_dim < 6:
             raise ConfigError(f"head_dim {self.head_dim} must be even and >= 6 for the 3-axis RoPE")
         if self.freq_dim % 2:
@@ -62,7 +64,9 @@ class WanConfig:
                     f"local_attn_size {self.local_attn_size} exceeds the {self.rope_positions}-row RoPE table"
                 )
         elif self.sink_size:
-            raise ConfigError(f"sink_size {self.sink_size} needs a window; set local_attn_size or sink_size=0")
+            raise ConfigError(
+                f"sink_size {self.sink_size} needs a window; set local_attn_size or sink_size=0"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -83,10 +87,14 @@ class WanConfig:
                 continue
             if key in _FIXED:
                 if value != _FIXED[key]:
-                    raise ConfigError(f"{key}={value!r} is not supported; the causal Wan family uses {_FIXED[key]!r}")
+                    raise ConfigError(
+                        f"{key}={value!r} is not supported; the causal Wan family uses {_FIXED[key]!r}"
+                    )
                 continue
             if key not in known:
-                raise ConfigError(f"unknown CausalWanModel argument {key!r}; known: {sorted(known | set(_FIXED))}")
+                raise ConfigError(
+                    f"unknown CausalWanModel argument {key!r}; known: {sorted(known | set(_FIXED))}"
+                )
             args[key] = tuple(value) if key == "patch_size" else value
         base = {f.name: getattr(cls.wan_1_3b(), f.name) for f in fields(cls)}
         return cls(**{**base, **args})

@@ -47,7 +47,12 @@ def context_kv_bytes(cfg: WanConfig, dtype_bytes: int = 2) -> int:
 def layer_flops(cfg: WanConfig, n_tokens: int, m_tokens: int) -> int:
     """One block for N query tokens seeing M self-attention keys (cross K/V excluded)."""
     d = cfg.dim
-    return 12 * n_tokens * d * d + 4 * n_tokens * m_tokens * d + 4 * n_tokens * cfg.text_len * d + 4 * n_tokens * d * cfg.ffn_dim
+    return (
+        12 * n_tokens * d * d
+        + 4 * n_tokens * m_tokens * d
+        + 4 * n_tokens * cfg.text_len * d
+        + 4 * n_tokens * d * cfg.ffn_dim
+    )
 
 
 def _pass_flops(cfg: WanConfig, frames: int, visible: int, tokens: int, batch: int, head: bool) -> int:

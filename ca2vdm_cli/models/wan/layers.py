@@ -97,7 +97,9 @@ class WanBlock(nn.Module):
         self.norm3 = LayerNorm(dim, eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
+        )
 
     def forward(self, x: Tensor, e0: Tensor, attend: SelfAttend, ctx_k: Tensor, ctx_v: Tensor) -> Tensor:
         """x (B, F·S, d) tokens of F frames; e0 (B, F, 6, d) per-frame modulation."""

@@ -78,7 +78,11 @@ class CausalWan(nn.Module):
         own = self.state_dict()
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
-        shaped = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+        shaped = [
+            f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+            for k in own
+            if k in sd and sd[k].shape != own[k].shape
+        ]
         for what, bad in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
             if bad:
                 raise ConfigError(
@@ -90,7 +94,12 @@ class CausalWan(nn.Module):
 
     # ------------------------------------------------------------------ cache and prompt
     def new_cache(
-        self, *, batch_size: int, max_frames: int, frame_shape: tuple[int, int], position_mode: str | None = None
+        self,
+        *,
+        batch_size: int,
+        max_frames: int,
+        frame_shape: tuple[int, int],
+        position_mode: str | None = None,
     ) -> WanKVCache:
         """A cache for latent frames of frame_shape (H, W). Window mode holds local_attn_size − n past frames
         (sinks included); global mode holds max_frames."""
@@ -100,11 +109,13 @@ class CausalWan(nn.Module):
             raise ConfigError(f"position_mode must be 'absolute' or 'relative', got {mode!r}")
         H, W = frame_shape
         _, ph, pw = cfg.patch_size
-        if H % ph or W % pw or H < ph or W < pw:
+        if H % ph or W % pw or ph > H or pw > W:
             raise InputError(f"latent frame {H}x{W} is not a multiple of the {ph}x{pw} patch; crop or pad it")
         grid = (H // ph, W // pw)
         if max(grid) > cfg.rope_positions:
-            raise InputError(f"a {grid[0]}x{grid[1]}-token frame exceeds the {cfg.rope_positions}-row RoPE table")
+            raise InputError(
+                f"a {grid[0]}x{grid[1]}-token frame exceeds the {cfg.rope_positions}-row RoPE table"
+            )
         n = cfg.num_frame_per_block
         past = cfg.local_attn_size - n if cfg.windowed else max_frames
         if past < 0:
@@ -118,12 +129,13 @@ class CausalWan(nn.Module):
 
     @torch.no_grad()
     def prepare_context(self, cache: WanKVCache, context: Tensor) -> None:
-        """Compute the prompt's cross K/V once: context (B, L ≤ text_len, text_dim), zero-padded to text_len."""
+        """Compute the prompt's cross K/V once: context (B, L ≤ text_len, text_dim), zero-padded."""
         B, L, _ = context.shape
-        if L > self.cfg.text_len or B != cache.batch_size:
+        if self.cfg.text_len < L or cache.batch_size != B:
             raise InputError(
-                f"context {tuple(context.shape)} must be (batch {cache.batch_size}, <= {self.cfg.text_len} rows, "
-                f"{self.cfg.text_dim}); truncate the prompt or match the cache's batch size"
+                f"context {tuple(context.shape)} must be (batch {cache.batch_size}, "
+                f"<= {self.cfg.text_len} rows, {self.cfg.text_dim}); "
+                "truncate the prompt or match the cache's batch size"
             )
         padded = F.pad(context, (0, 0, 0, self.cfg.text_len - L))  # (B, text_len, text_dim)
         text = self.text_embedding(padded.to(self.head.head.weight.dtype))  # (B, text_len, d)
@@ -144,7 +156,9 @@ class CausalWan(nn.Module):
         self._forward(cache, x0, t, context, start_frame, write=True)
         cache.advance(x0.shape[2])
 
-    def _forward(self, cache: WanKVCache, x: Tensor, t: Tensor, context: Tensor, s: int, write: bool) -> Tensor:
+    def _forward(
+        self, cache: WanKVCache, x: Tensor, t: Tensor, context: Tensor, s: int, write: bool
+    ) -> Tensor:
         B, _, nf, H, W = x.shape
         self._check_call(cache, x, s)
         if not cache.has_context(context):
@@ -172,12 +186,16 @@ class CausalWan(nn.Module):
                 f"{cfg.num_frame_per_block}; split the latents into blocks of {cfg.num_frame_per_block}"
             )
         if s != cache.written:
-            raise InputError(f"start_frame {s} but the cache holds frames up to {cache.written}; write every earlier block first")
+            raise InputError(
+                f"start_frame {s} but the cache holds frames up to {cache.written}; "
+                "write every earlier block first"
+            )
         if x.shape[0] != cache.batch_size:
             raise InputError(f"batch {x.shape[0]} does not match the cache's batch size {cache.batch_size}")
         if cache.position_mode == "absolute" and s + nf > cfg.rope_positions:
             raise ConfigError(
-                f"frame {s + nf - 1} is past the {cfg.rope_positions}-frame RoPE table of absolute positions; "
+                f"frame {s + nf - 1} is past the {cfg.rope_positions}-frame RoPE table of absolute "
+                "positions; "
                 "use position_mode='relative' for longer rollouts"
             )
 
@@ -187,7 +205,11 @@ class CausalWan(nn.Module):
         m = cache.num_visible
         relative = cache.position_mode == "relative"
         own = token_freqs(tables, range(m, m + nf) if relative else range(s, s + nf), grid)  # (N, pairs)
-        keys = token_freqs(tables, cache.visible_positions() + list(range(m, m + nf)), grid) if relative else None
+        keys = (
+            token_freqs(tables, cache.visible_positions() + list(range(m, m + nf)), grid)
+            if relative
+            else None
+        )
 
         def make(layer: int):
             def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -207,7 +229,9 @@ class CausalWan(nn.Module):
 
     def _rope(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._tables:
-            self._tables[device] = rope_tables(self.cfg.head_dim, self.cfg.rope_positions, self.cfg.rope_theta, device)
+            self._tables[device] = rope_tables(
+                self.cfg.head_dim, self.cfg.rope_positions, self.cfg.rope_theta, device
+            )
         return self._tables[device]
 
     def _unpatchify(self, out: Tensor, nf: int, grid: tuple[int, int]) -> Tensor:

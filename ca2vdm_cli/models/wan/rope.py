@@ -34,7 +34,9 @@ def rope_tables(
     return tuple(_axis_table(positions, p, theta, device) for p in axis_pairs(head_dim))  # type: ignore[return-value]
 
 
-def token_freqs(tables: tuple[Tensor, Tensor, Tensor], times: Sequence[int] | Tensor, grid: tuple[int, int]) -> Tensor:
+def token_freqs(
+    tables: tuple[Tensor, Tensor, Tensor], times: Sequence[int] | Tensor, grid: tuple[int, int]
+) -> Tensor:
     """Rotations of the tokens of frames at time rows `times` on an (h, w) token grid, row-major (f, h, w):
     (len(times)·h·w, head_dim/2) complex128."""
     t_tab, h_tab, w_tab = tables
