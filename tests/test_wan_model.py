@@ -123,3 +123,15 @@ def test_flops_match_counter() -> None:
         assert got == denoise_flops(cfg, 3, m, S, B)
         assert _count(lambda: model.write_cache(cache, x, ctx, s)) == write_flops(cfg, 3, m, S, B)  # noqa: B023
     assert cache.num_visible == 5
+
+
+def test_bf16_smoke() -> None:
+    model = _tiny(local_attn_size=5, sink_size=1, num_frame_per_block=2).to(torch.bfloat16)
+    cache = model.new_cache(batch_size=1, max_frames=0, frame_shape=(4, 4))
+    ctx = torch.randn(1, 4, 64, dtype=torch.bfloat16)
+    for s in range(0, 8, 2):
+        x = torch.randn(1, 16, 2, 4, 4, dtype=torch.bfloat16)
+        out = model.denoise(cache, x, torch.tensor([[900.0, 100.0]]), ctx, s)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        model.write_cache(cache, x, ctx, s)
+    assert cache.k.dtype == torch.bfloat16 and cache.nbytes == 2 * 4 * 3 * 4 * 192 * 2

@@ -109,7 +109,7 @@ class WanConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> WanConfig:
-        """A ~2.5 M-parameter model with the same structure, for tests and benches."""
+        """A 2.3 M-parameter model with the same structure, for tests and benches."""
         base: dict[str, Any] = dict(
             patch_size=(1, 2, 2), in_dim=16, out_dim=16, dim=192, ffn_dim=512, freq_dim=64,
             text_dim=64, text_len=16, num_heads=3, num_layers=4,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.models.wan.cache import WanKVCache
 from ca2vdm_cli.models.wan.config import WanConfig
-from ca2vdm_cli.models.wan.layers import LayerNorm, WanBlock
+from ca2vdm_cli.models.wan.layers import LayerNorm, SelfAttend, WanBlock
 from ca2vdm_cli.models.wan.rope import apply_rope, rope_tables, token_freqs
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,18 @@ class CausalWan(nn.Module):
         if cache.position_mode == "absolute" and s + nf > cfg.rope_positions:
             raise ConfigError(
                 f"frame {s + nf - 1} is past the {cfg.rope_positions}-frame RoPE table of absolute "
-                "positions; "
-                "use position_mode='relative' for longer rollouts"
+                "positions; use position_mode='relative' for longer rollouts"
+            )
+        if cache.position_mode == "relative" and cache.num_visible + nf > cfg.rope_positions:
+            raise ConfigError(
+                f"a window of {cache.num_visible + nf} frames exceeds the {cfg.rope_positions}-row "
+                "RoPE table; "
+                "use a smaller max_frames or a window (local_attn_size)"
             )
 
-    def _attention(self, cache: WanKVCache, s: int, nf: int, grid: tuple[int, int], write: bool):
+    def _attention(
+        self, cache: WanKVCache, s: int, nf: int, grid: tuple[int, int], write: bool
+    ) -> Callable[[int], SelfAttend]:
         """Per-layer self-attention over [visible past ; own block], rotating per the cache's mode."""
         tables = self._rope(cache._k.device)
         m = cache.num_visible
