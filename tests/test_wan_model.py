@@ -135,3 +135,18 @@ def test_bf16_smoke() -> None:
         assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
         model.write_cache(cache, x, ctx, s)
     assert cache.k.dtype == torch.bfloat16 and cache.nbytes == 2 * 4 * 3 * 4 * 192 * 2
+
+
+def test_memory_formulas_match_spec() -> None:
+    from ca2vdm_cli.models.wan.flops import context_kv_bytes, kv_cache_bytes, tokens_per_frame
+
+    cfg = WanConfig.wan_1_3b()
+    S = tokens_per_frame(cfg, (60, 104))
+    assert S == 1560
+    assert kv_cache_bytes(cfg, 1, S) == 287_539_200  # 274 MiB per latent frame
+    assert round(kv_cache_bytes(cfg, 21, S) / 2**30, 2) == 5.62
+    assert round(kv_cache_bytes(cfg, 12, S) / 2**30, 2) == 3.21
+    assert round(context_kv_bytes(cfg) / 1e6) == 94
+    model = _tiny(local_attn_size=8, sink_size=1)
+    cache = model.new_cache(batch_size=1, max_frames=0, frame_shape=(4, 6))
+    assert cache.nbytes == kv_cache_bytes(model.cfg, 5, 6, dtype_bytes=4)  # the past ring: 8 − 3 frames
