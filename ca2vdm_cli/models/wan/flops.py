@@ -1,0 +1,79 @@
+"""Analytic parameter, KV-byte and FLOP formulas of the causal Wan DiT (spec §2.1, §8).
+
+FLOPs count multiply-adds as 2 (torch's FlopCounterMode convention): linear layers, the patch conv and
+attention matmuls; norms, RoPE and element-wise modulation are not counted. Per layer and call with N
+query tokens and M visible key tokens: 12·N·d² + 4·N·M·d + 4·N·text_len·d + 4·N·d·ffn.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ca2vdm_cli.models.wan.config import WanConfig
+
+
+def tokens_per_frame(cfg: WanConfig, latent_hw: tuple[int, int]) -> int:
+    """S for a latent frame (H, W): 1560 for 60×104 with the 2×2 patch."""
+    _, ph, pw = cfg.patch_size
+    return (latent_hw[0] // ph) * (latent_hw[1] // pw)
+
+
+def param_count(cfg: WanConfig) -> int:
+    """Parameters: 1,418,996,800 for Wan2.1-T2V-1.3B."""
+    d, f, patch = cfg.dim, cfg.ffn_dim, math.prod(cfg.patch_size)
+    attn = 4 * (d * d + d) + 2 * d  # q, k, v, o and the two RMSNorm weights
+    block = 6 * d + 2 * attn + 2 * d + (d * f + f) + (f * d + d)  # modulation, self, cross, norm3, ffn
+    outside = (
+        cfg.in_dim * patch * d + d  # patch_embedding
+        + cfg.text_dim * d + d + d * d + d  # text_embedding
+        + cfg.freq_dim * d + d + d * d + d  # time_embedding
+        + d * 6 * d + 6 * d  # time_projection
+        + d * cfg.out_dim * patch + cfg.out_dim * patch + 2 * d  # head
+    )  # fmt: skip
+    return outside + cfg.num_layers * block
+
+
+def kv_cache_bytes(cfg: WanConfig, frames: int, tokens: int, dtype_bytes: int = 2) -> int:
+    """Self-attention K and V of `frames` frames of `tokens` tokens over all layers: 5.62 GiB for 21 frames
+    of the 1.3B model at 480×832 in bf16."""
+    return frames * tokens * cfg.num_layers * 2 * cfg.dim * dtype_bytes
+
+
+def context_kv_bytes(cfg: WanConfig, dtype_bytes: int = 2) -> int:
+    """Cross-attention K and V of one prompt per batch row (94 MB for the 1.3B model in bf16)."""
+    return cfg.text_len * cfg.num_layers * 2 * cfg.dim * dtype_bytes
+
+
+def layer_flops(cfg: WanConfig, n_tokens: int, m_tokens: int) -> int:
+    """One block for N query tokens seeing M self-attention keys (cross K/V excluded)."""
+    d = cfg.dim
+    return (
+        12 * n_tokens * d * d
+        + 4 * n_tokens * m_tokens * d
+        + 4 * n_tokens * cfg.text_len * d
+        + 4 * n_tokens * d * cfg.ffn_dim
+    )
+
+
+def _pass_flops(cfg: WanConfig, frames: int, visible: int, tokens: int, batch: int, head: bool) -> int:
+    d, patch = cfg.dim, math.prod(cfg.patch_size)
+    n, m = frames * tokens, (visible + frames) * tokens
+    embed = 2 * n * cfg.in_dim * patch * d + 2 * frames * (cfg.freq_dim * d + d * d + 6 * d * d)
+    out = 2 * n * d * cfg.out_dim * patch if head else 0
+    return batch * (embed + cfg.num_layers * layer_flops(cfg, n, m) + out)
+
+
+def denoise_flops(cfg: WanConfig, frames: int, visible: int, tokens: int, batch: int = 1) -> int:
+    """One denoising call of a block of `frames` frames attending to `visible` past frames."""
+    return _pass_flops(cfg, frames, visible, tokens, batch, head=True)
+
+
+def write_flops(cfg: WanConfig, frames: int, visible: int, tokens: int, batch: int = 1) -> int:
+    """One t = 0 write pass: the denoising call without the head (its output is discarded)."""
+    return _pass_flops(cfg, frames, visible, tokens, batch, head=False)
+
+
+def context_flops(cfg: WanConfig, batch: int = 1) -> int:
+    """Once per prompt: text_embedding plus every layer's cross K/V (4·text_len·d² per layer)."""
+    d, L = cfg.dim, cfg.text_len
+    return batch * (2 * L * (cfg.text_dim * d + d * d) + cfg.num_layers * 4 * L * d * d)
