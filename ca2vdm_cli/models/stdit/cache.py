@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ca2vdm_cli.engine.ring import FrameRing
+
 
 class KVCache:
     """Preallocated K|V for `depth` blocks, `batch_size` rows (CFG: [uncond; cond]) and `max_frames` frames.
@@ -66,13 +68,18 @@ class KVCache:
             ctx_shape = (depth, batch_size, num_heads, pe_frames * tokens_per_frame, head_dim)
             self.ctx_k = torch.zeros(ctx_shape, device=device, dtype=dtype)
             self.ctx_v = torch.zeros(ctx_shape, device=device, dtype=dtype)
-        self.frames_written = 0
+        self.ring = FrameRing(max_frames)  # which absolute frame sits in which slot (slot = f mod L_max)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
+    def frames_written(self) -> int:
+        """Absolute index of the next frame (drives the cyclic temporal positions)."""
+        return self.ring.written
+
+    @property
     def num_cached(self) -> int:
         """Frames currently held (≤ max_frames)."""
-        return min(self.frames_written, self.max_frames)
+        return self.ring.num_held
 
     @property
     def has_context(self) -> bool:
@@ -100,23 +107,19 @@ class KVCache:
 
     def reset(self) -> None:
         """Forget every frame (for the next video); the buffers are kept and later overwritten."""
-        self.frames_written = 0
+        self.ring.reset()
 
     def frame_indices(self) -> list[int]:
         """Absolute indices of the cached frames, oldest first (the FIFO's logical order)."""
-        return list(range(self.frames_written - self.num_cached, self.frames_written))
+        return self.ring.held_frames()
 
     def slot_frames(self) -> list[int]:
         """Absolute frame index held in each valid slot, in slot order (what a read returns)."""
-        return [self.frames_written - self.num_cached + int(p) for p in self.window_positions().tolist()]
+        return self.ring.slot_frames()
 
     def window_positions(self, device: torch.device | str | None = None) -> Tensor:
         """Position of each valid slot in the attention window (0 = oldest cached frame), slot order."""
-        n = self.num_cached
-        slots = torch.arange(n, device=device)
-        if self.frames_written <= self.max_frames:
-            return slots
-        return (slots - self.frames_written) % self.max_frames
+        return torch.tensor(self.ring.window_positions(), dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ temporal K|V
     def window(self, block: int, n_cached: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,7 +152,7 @@ class KVCache:
             self.v[block, :, :, : keep - head] = v[:, :, n - keep + head :]
 
     def advance(self, n: int) -> None:
-        self.frames_written += n
+        self.ring.advance(n)
 
     # ------------------------------------------------------------------ spatial context
     def read_context(self, block: int) -> tuple[Tensor, Tensor]:
