@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ca2vdm_cli.cache import KVCache
+
 from ca2vdm_cli.engine.ring import FrameRing
 
 

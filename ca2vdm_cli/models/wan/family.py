@@ -1,0 +1,178 @@
+"""The causal Wan2.1 family as the engine sees it: a `Denoiser` over `CausalWan`'s rolling + sink cache (or
+a no-cache baseline), the few-step flow-matching `Sampler`, and `sample_video` over the shared AR loop
+(`engine.loop.sample_chunks`) — the same loop that runs CausalSTDiT.
+
+Blocks are `num_frame_per_block` latent frames; each is denoised in a few flow steps against the cached
+past, then written once at t = 0. There is no classifier-free guidance (the released models are
+distilled without it) and no perturbation of the written frames (they are the clean x0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ca2vdm_cli.engine.loop import StepCallback, chunk_lengths, sample_chunks
+from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.models.wan.flops import kv_cache_bytes
+from ca2vdm_cli.models.wan.model import CausalWan
+from ca2vdm_cli.sampling.flow import SELF_FORCING, FlowSchedule, flow_to_x0, renoise
+
+__all__ = ["ENGINES", "FlowSampler", "WanSampling", "kv_cache_bytes", "make_denoiser", "sample_video"]
+
+ENGINES = ("cache", "recompute")
+
+
+@dataclass(frozen=True)
+class WanSampling:
+    """How a causal Wan model samples: its few-step list, and the cache capacity under global attention."""
+
+    schedule: FlowSchedule = SELF_FORCING
+    max_frames: int = 21  # latent frames a global-attention cache holds (81 video frames)
+    cfg_scale: float = 1.0  # distilled: no guidance
+
+    def validate(self, model: CausalWan) -> None:
+        if self.cfg_scale != 1.0:
+            raise ConfigError(
+                f"cfg_scale={self.cfg_scale}: this causal Wan model is distilled without classifier-free "
+                "guidance; use cfg_scale=1"
+            )
+        if self.max_frames < 1:
+            raise ConfigError(f"max_frames={self.max_frames} must be >= 1")
+
+
+class FlowSampler:
+    """The loop's `Sampler` for flow matching: x0 = x_t − σ·v after every step, re-noised to the next σ
+    with fresh noise; the last step returns x0."""
+
+    perturbs = False
+
+    def __init__(self, schedule: FlowSchedule) -> None:
+        self.schedule = schedule
+        self._t, self._sigma = schedule.timesteps(), schedule.sigmas()
+        self.num_steps = len(self._t)
+        self.stochastic = self.num_steps > 1
+
+    def timesteps(self) -> list[float]:
+        return self._t
+
+    def step(self, out: Tensor, x: Tensor, n: int, noise: Tensor | None) -> Tensor:
+        x0 = flow_to_x0(x, out, torch.tensor(self._sigma[n]))  # (B, C, F, H, W)
+        if n + 1 == self.num_steps:
+            return x0
+        assert noise is not None
+        return renoise(x0, noise, torch.tensor(self._sigma[n + 1]))
+
+    def perturb(self, clean: Tensor, noise: Tensor) -> Tensor:
+        raise NotImplementedError("the causal Wan family writes clean blocks")
+
+
+class WanCacheDenoiser:
+    """Clean blocks enter the rolling + sink KV cache once (`write_cache` at t = 0); every flow step of the
+    next block only reads it. The prompt's cross K/V are computed once per video."""
+
+    def __init__(self, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]) -> None:
+        self.model = model
+        self.cache = model.new_cache(batch_size=rows, max_frames=max_frames, frame_shape=frame_shape)
+        self.context: Tensor | None = None
+
+    def reset(self, condition: Tensor | None = None) -> None:
+        self.cache.reset()
+        self.context = condition
+        if condition is not None:
+            self.model.prepare_context(self.cache, condition)
+
+    def write(self, clean: Tensor) -> None:
+        self.model.write_cache(self.cache, clean, self._context(), self.cache.written)
+
+    def predict(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model.denoise(self.cache, x, t, self._context(), self.cache.written)
+
+    def _context(self) -> Tensor:
+        if self.context is None:
+            raise ConfigError("a causal Wan model needs a prompt context; reset(condition=...) first")
+        return self.context
+
+
+class WanRecomputeDenoiser:
+    """The no-cache baseline: every flow step re-runs every clean block seen so far (through a scratch
+    cache, so windows and sinks apply exactly as in the cached path) before predicting."""
+
+    def __init__(self, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]) -> None:
+        self.inner = WanCacheDenoiser(model, rows, max_frames, frame_shape)
+        self.blocks: list[Tensor] = []
+
+    def reset(self, condition: Tensor | None = None) -> None:
+        self.inner.reset(condition)
+        self.blocks = []
+
+    def write(self, clean: Tensor) -> None:
+        self.blocks.append(clean)
+
+    def predict(self, x: Tensor, t: Tensor) -> Tensor:
+        self.inner.reset(self.inner.context)
+        for block in self.blocks:
+            self.inner.write(block)
+        return self.inner.predict(x, t)
+
+
+def make_denoiser(
+    name: str, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]
+) -> WanCacheDenoiser | WanRecomputeDenoiser:
+    """A denoiser by engine name (`ENGINES`)."""
+    if name == "cache":
+        return WanCacheDenoiser(model, rows, max_frames, frame_shape)
+    if name == "recompute":
+        return WanRecomputeDenoiser(model, rows, max_frames, frame_shape)
+    raise ConfigError(f"engine {name!r} is not one of {', '.join(ENGINES)}")
+
+
+def model_rows(config: WanSampling, batch: int) -> int:
+    """Rows the model runs for `batch` videos (no guidance: one each)."""
+    return batch
+
+
+def sample_video(
+    model: CausalWan,
+    config: WanSampling,
+    *,
+    num_frames: int,
+    seeds: Sequence[int],
+    frame_shape: tuple[int, int],
+    context: Tensor,
+    prefix: Tensor | None = None,
+    engine: str | WanCacheDenoiser | WanRecomputeDenoiser = "cache",
+    replay: Sequence[Tensor] = (),
+    on_step: StepCallback | None = None,
+) -> Iterator[Tensor]:
+    """Generate `num_frames` new latent frames (a multiple of the model's block) after `prefix`
+    (B, C, P, H, W), yielding each block (B, C, n, H, W) as soon as it is denoised. `context` (B, L,
+    text_dim) is the encoded prompt, padding rows already zeroed."""
+    config.validate(model)
+    n = model.cfg.num_frame_per_block
+    if num_frames < 1 or num_frames % n:
+        up = max(n, -(-num_frames // n) * n)
+        raise ConfigError(
+            f"num_frames={num_frames}: this model generates blocks of {n} latent frames; use {up}"
+        )
+    device = next(model.parameters()).device
+    denoiser = (
+        make_denoiser(engine, model, len(seeds), config.max_frames, frame_shape)
+        if isinstance(engine, str)
+        else engine
+    )
+    return sample_chunks(
+        denoiser,
+        FlowSampler(config.schedule),
+        lengths=chunk_lengths(num_frames, n),
+        latent_shape=(model.cfg.in_dim, *frame_shape),
+        seeds=seeds,
+        device=device,
+        condition=context.to(device),
+        prefix=prefix,
+        replay=replay,
+        on_step=on_step,
+    )
