@@ -1,4 +1,4 @@
-"""Flow-matching few-step sampler of the causal Wan family (spec §5): schedule, warped steps, x0, re-noise.
+"""Flow-matching few-step sampler of the causal Wan family: schedule, warped steps, x0, re-noise.
 
 The model predicts the flow v ≈ ε − x0 at x_t = (1 − σ)·x0 + σ·ε, so x0 = x_t − σ·v. The training
 schedule has 1000 steps, σ_k = shift·u_k / (1 + (shift − 1)·u_k) with u = linspace(1, 0, 1001) minus its

@@ -17,7 +17,7 @@ file comes from (Hub repo, filename, revision, size, sha256, licence). Parts: `t
     revision  pinned 40-hex commit sha
     files     [{path, size (exact bytes or null), approx_size (bytes as the Hub page rounds them),
                 sha256 (64 hex or null when unknown: then the Hub's own checksum is checked), note}]
-    format    transformer only: "opensora-v1" (converted, spec §6.4) | "ca2vdm-official" (a CausalSTDiT2
+    format    transformer only: "opensora-v1" (converted) | "ca2vdm-official" (a CausalSTDiT2
               checkpoint, strict) | "ca2vdm" (already transformer.safetensors)
     license, params (parameter count, for memory planning), notes
 """

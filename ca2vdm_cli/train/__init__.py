@@ -1,4 +1,4 @@
-"""Training: turn a CausalSTDiT into a causal Ca2-VDM with the clean-prefix objective (spec §5).
+"""Training: turn a CausalSTDiT into a causal Ca2-VDM with the clean-prefix objective.
 
 recipe.py     what to train (a TOML/JSON file or a built-in recipe such as `sprites`)
 data.py       clips of VAE latents + captions: the procedural sprites world or a folder of videos

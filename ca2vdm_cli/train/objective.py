@@ -1,4 +1,4 @@
-"""The clean-prefix objective of Ca2-VDM (spec §5.1–5.2).
+"""The clean-prefix objective of Ca2-VDM.
 
 A clip of P + l latent frames: the first P (the prefix) are clean — or perturbed to `prefix_perturb_t` —
 and labelled t = 0 with mask channel 1; the last l carry x_t at one sampled t per clip. The loss (masked
@@ -72,7 +72,7 @@ def make_prefix_batch(
     noise = torch.randn(x0.shape, generator=gen).to(device)
     x_t = diffusion.q_sample(x0, t, noise)
     prefix = x0[:, :, :num_prefix]
-    if perturb_t > 0:  # the cache holds perturbed frames at inference; train on the same (spec §5.1)
+    if perturb_t > 0:  # the cache holds perturbed frames at inference; train on the same
         prefix = diffusion.q_sample(prefix, perturb_t, torch.randn(prefix.shape, generator=gen).to(device))
     x_in = torch.cat([prefix, x_t[:, :, num_prefix:]], dim=2)
     prefix_mask = torch.zeros(B, T, device=device)

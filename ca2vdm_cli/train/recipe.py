@@ -41,8 +41,8 @@ class TrainSettings:
     log_every: int = 50
     p_zero_prefix: float = 0.1  # probability of P = 0 (start without an image); needs text_to_video
     t2v_prefixes: bool = True  # also P = l, 2l, …: the cache lengths of a video started from text
-    prefix_perturb_t: int = 50  # clean prefix replaced by q_sample(z0, t_p) (spec §5.1); 0 = off
-    tpe_random_start: str = "full"  # "full": only clips of max_tpe_len frames (spec §2); "all"; "none"
+    prefix_perturb_t: int = 50  # clean prefix replaced by q_sample(z0, t_p); 0 = off
+    tpe_random_start: str = "full"  # "full": only clips of max_tpe_len frames; "all"; "none"
     text_dropout: float = 0.1  # caption → null caption, for classifier-free guidance
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | no
     gradient_checkpointing: bool = False

@@ -230,7 +230,7 @@ class CausalSTDiTBlock(nn.Module):
         h = modulate(self.norm1(x), shift_msa, scale_msa)  # (B, T, S, C)
         x = x + gate_msa * self.attn.self_attention(h.view(B * T, S, C)).view(B, T, S, C)
 
-        # (c) prefix-enhanced spatial attention on the raw residual stream, gated by gate_msa (spec §1.4c)
+        # (c) prefix-enhanced spatial attention on the raw residual stream, gated by gate_msa
         if self.attn_cf is not None and spatial is not None:
             pe = spatial.attend(self.index, self.attn_cf, x)
             if pe is not None:

@@ -1,14 +1,14 @@
 """The Ca2-VDM KV cache: a plain object the model reads during denoising and appends to once per chunk.
 
 It holds only clean (t = 0) states, so one cache serves every denoising step of an AR step (cache
-sharing, spec §3). Temporal K|V live in a ring buffer of `max_frames` slots: the absolute frame f sits
+sharing). Temporal K|V live in a ring buffer of `max_frames` slots: the absolute frame f sits
 in slot f mod L_max, so evicting the oldest frames never moves data (the official code rolls the whole
 tensor on every dequeue). Temporal attention over the cached frames has no order among keys except
 through RoPE, which gets each slot's window position from `window_positions()`.
 
 The spatial-context cache of prefix-enhanced attention keeps the K|V of the last N written frames
 (frame 0 repeated while fewer than N exist), which is exactly the context a noisy frame sees in
-training: frames P-1 … P-N clamped at 0 (spec §1.4c). In `first_frame` mode it holds frame 0 forever.
+training: frames P-1 … P-N clamped at 0. In `first_frame` mode it holds frame 0 forever.
 
 With `chunk_frames` > 0 the temporal buffers get that many scratch slots after the queue. Once the queue is
 full, a pass writes its chunk's K|V there and attends over one contiguous view [queue ; chunk] instead of

@@ -1,5 +1,5 @@
 """Configuration dataclasses: the CausalSTDiT architecture (`ModelConfig`, with the mapping from the official
-`CausalSTDiT2` constructor arguments, spec §1.1) and sampling (`SamplingConfig`). Pure Python: no torch."""
+`CausalSTDiT2` constructor arguments) and sampling (`SamplingConfig`). Pure Python: no torch."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Pickled checkpoints are read with `torch.load(weights_only=True, mmap=True)` (no code runs, nothing is
 copied until needed) and unwrapped from the usual containers (`ema`, `model`, `state_dict`, `module.`).
-Open-Sora v1.0 STDiT keys go through one table (`OPENSORA_RULES`, spec §6.4); the modules Open-Sora lacks
-are created by `NEW_MODULES` so that they are exact no-ops (spec §9.7). The result is checked by loading it
+Open-Sora v1.0 STDiT keys go through one table (`OPENSORA_RULES`); the modules Open-Sora lacks
+are created by `NEW_MODULES` so that they are exact no-ops. The result is checked by loading it
 strictly into a CausalSTDiT built on the meta device (`assign=True`, so nothing is allocated twice).
 """
 
@@ -63,7 +63,7 @@ NEW_MODULES: tuple[tuple[str, str], ...] = (
     (r"blocks\.\d+\.attn_cf\.(qkv\.bias|proj\.weight|proj\.bias)", "zeros"),
     (r"blocks\.\d+\.attn_temp_pre_merge\.weight", "identity_merge"),
     (r"blocks\.\d+\.attn_temp_pre_merge\.bias", "zeros"),
-    (r"bov_token", "bov"),  # never used in a forward pass (spec §1.3)
+    (r"bov_token", "bov"),  # never used in a forward pass
 )
 
 
@@ -162,7 +162,7 @@ def remap_opensora(
 
 
 def _resize_rows(table: Tensor, rows: int) -> Tensor:
-    """Cut a (N, C) table to `rows`, or extend it by repeating its last row (spec §5.4)."""
+    """Cut a (N, C) table to `rows`, or extend it by repeating its last row."""
     if table.shape[0] >= rows:
         return table[:rows]
     return torch.cat([table, table[-1:].expand(rows - table.shape[0], -1)])

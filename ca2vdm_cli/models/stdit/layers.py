@@ -1,6 +1,6 @@
 """Building blocks of CausalSTDiT: embedders, sin-cos tables, RoPE, attention helpers and the final layer.
 
-Module and parameter names follow the official CausalSTDiT2 state dict (spec §6), so that
+Module and parameter names follow the official CausalSTDiT2 state dict, so that
 `blocks.i.attn.qkv.weight` and friends load without any renaming.
 """
 
@@ -23,7 +23,7 @@ def sincos_1d(dim: int, positions: Tensor) -> Tensor:
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int, scale: float = 1.0) -> Tensor:
-    """MAE 2-D table (grid_h·grid_w, dim): first half encodes the column, second half the row (spec §1.3)."""
+    """MAE 2-D table (grid_h·grid_w, dim): first half encodes the column, second half the row."""
     rows = torch.arange(grid_h, dtype=torch.float32) / scale
     cols = torch.arange(grid_w, dtype=torch.float32) / scale
     r, c = torch.meshgrid(rows, cols, indexing="ij")  # token index = r·grid_w + c

@@ -12,7 +12,7 @@ block's caption K|V), `plan_step` (once per AR step: positions, masks, cache vie
 denoising step: static shapes, no host synchronisation, so it can be compiled or captured in a CUDA
 graph). `denoise` and `write_cache` are these three in one call.
 
-State-dict keys and shapes are those of the official checkpoint (spec §6).
+State-dict keys and shapes are those of the official checkpoint.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class CausalSTDiT(nn.Module):
         return pos[None].to(dtype), tpe[None].to(dtype)  # (1, S, C), (1, M, C)
 
     def initialize_weights(self) -> None:
-        """The official construction-time init (spec §1.6): new temporal/PE branches start as no-ops."""
+        """The official construction-time init: new temporal/PE branches start as no-ops."""
 
         def xavier(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -161,7 +161,7 @@ class CausalSTDiT(nn.Module):
         return text
 
     def _tpe(self, start: int, length: int) -> Tensor | None:
-        """Temporal position rows (length, C) for frames start..start+length-1 (spec §2)."""
+        """Temporal position rows (length, C) for frames start..start+length-1."""
         cfg = self.config
         if cfg.tpe_mode == "rope":
             return None
@@ -236,7 +236,7 @@ class CausalSTDiT(nn.Module):
             return FullTemporal(causal=False, mask=temporal_mask.to(prefix.device, torch.bool), rope=rope)
         if mode != "partial":
             return FullTemporal(causal=mode == "causal", mask=None, rope=rope)
-        # partial: prefix rows causal, noisy rows see every frame (spec §1.4, ablation)
+        # partial: prefix rows causal, noisy rows see every frame (ablation)
         B, T = prefix.shape
         causal = torch.ones(T, T, dtype=torch.bool, device=prefix.device).tril()
         mask = causal[None] | ~prefix[:, :, None]  # (B, T, T)
@@ -244,7 +244,7 @@ class CausalSTDiT(nn.Module):
         return FullTemporal(causal=False, mask=mask, rope=rope)  # mask (B·S, 1, T, T)
 
     def _full_spatial(self, num_prefix: Tensor | int, B: int, T: int, device: torch.device) -> FullSpatial:
-        """Context frames per frame (spec §1.4c), no host sync: prefix frames see themselves (prev_frames_N)
+        """Context frames per frame, no host sync: prefix frames see themselves (prev_frames_N)
         or frame 0 (first_frame); noisy frames see prefix frames P-1 … P-N clamped at 0; none when P = 0."""
         N = self.config.pe_frames
         frame = torch.arange(T, device=device)
@@ -361,7 +361,7 @@ class CausalSTDiT(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def load_official_state_dict(self, state_dict: dict[str, Tensor], assign: bool = False) -> None:
         """Load a state dict with the official key names. Every parameter and `bov_token` must be present
-        with its exact shape; the position tables are regenerated (spec §6). Raises WeightsError."""
+        with its exact shape; the position tables are regenerated. Raises WeightsError."""
         sd = {k: v for k, v in state_dict.items() if k not in REGENERATED_BUFFERS}
         expected = {k: v.shape for k, v in self.state_dict().items() if k not in REGENERATED_BUFFERS}
         missing, unexpected, wrong = key_mismatch(sd, expected)

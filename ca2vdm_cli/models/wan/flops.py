@@ -1,4 +1,4 @@
-"""Analytic parameter, KV-byte and FLOP formulas of the causal Wan DiT (spec §2.1, §8).
+"""Analytic parameter, KV-byte and FLOP formulas of the causal Wan DiT (§8).
 
 FLOPs count multiply-adds as 2 (torch's FlopCounterMode convention): linear layers, the patch conv and
 attention matmuls; norms, RoPE and element-wise modulation are not counted. Per layer and call with N

@@ -1,4 +1,4 @@
-"""Layers of the causal Wan DiT (spec §2.3): norms, self- and cross-attention, the modulated block.
+"""Layers of the causal Wan DiT: norms, self- and cross-attention, the modulated block.
 
 Parameter names follow the official layout (`self_attn.q`, `norm3`, `ffn.0`, …) so state dicts load
 as is. Self-attention gets its keys and values through a callable from the model, so the cache policy

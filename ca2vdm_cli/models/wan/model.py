@@ -1,4 +1,4 @@
-"""CausalWan: the block-causal Wan2.1 DiT with a shared clean-past KV cache (spec §2, §4).
+"""CausalWan: the block-causal Wan2.1 DiT with a shared clean-past KV cache (§4).
 
 Per block of n latent frames at absolute start s: every denoising call (`denoise`) reads the same
 cached past, plus the block's own fresh K/V, and returns the flow v ≈ ε − x0; after the last step the

@@ -1,4 +1,4 @@
-"""3-axis rotary positions of the causal Wan DiT (spec §2.4): time, height, width over adjacent pairs.
+"""3-axis rotary positions of the causal Wan DiT: time, height, width over adjacent pairs.
 
 The head_dim/2 complex pairs split into time (head_dim/2 − 2·(head_dim//6) pairs), height and width
 (head_dim//6 pairs each); each axis has its own table angle(p, j) = p·θ^(−2j/D_axis). Tables and the
