@@ -34,7 +34,7 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 def kv_bytes(cfg, rows: int, frames: int, element: int = 4) -> int:
-    """D·B·L_max·S·2C (+ D·B·N·S·2C prefix-enhanced context) × element size (spec §3.1)."""
+    """D·B·L_max·S·2C (+ D·B·N·S·2C prefix-enhanced context) × element size."""
     per_frame = cfg.depth * rows * cfg.tokens_per_frame * 2 * cfg.hidden_size * element
     return per_frame * (frames + (cfg.pe_frames if cfg.has_pe else 0))
 

@@ -42,7 +42,7 @@ def test_counter_and_cyclic_rows_follow_the_worked_example():
             assert sorted(cache.slot_frames()) == list(frames)  # the ring holds exactly these frames
             assert torch.equal(model._tpe(cache.frames_written, CHUNK), table[chunk_rows])
             model.write_cache(cache, torch.randn(1, 4, CHUNK, 8, 8))
-    # every window is a cyclic shift of 0..M-1 once the cache is full (spec §9.5)
+    # every window is a cyclic shift of 0..M-1 once the cache is full
     rows = cached_rows + chunk_rows
     assert sorted(rows) == list(range(M))
 

@@ -1,4 +1,4 @@
-"""Checkpoint conversion: Open-Sora v1.0 → CausalSTDiT (spec §6.4, §9.7) checked against an independent
+"""Checkpoint conversion: Open-Sora v1.0 → CausalSTDiT (§9.7) checked against an independent
 Open-Sora reference forward, and official checkpoints (wrapped) loaded strictly and round-tripped exactly."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_new_modules_are_exact_noops(opensora_pth, tmp_path):
 
 
 def test_remap_table_maps_the_full_opensora_layout_onto_causal_stdit():
-    """All 550 Open-Sora v1.0 STDiT-XL/2 tensors (spec §6.3) become the 665 of the text+PE+mask
+    """All 550 Open-Sora v1.0 STDiT-XL/2 tensors become the 665 of the text+PE+mask
     CausalSTDiT2-XL/2 (on the meta device: shapes only)."""
     os_layout = official_layout(text=True, pe=False, mask_channel=False)
     del os_layout["bov_token"]

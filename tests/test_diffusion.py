@@ -1,4 +1,4 @@
-"""The sampler math against closed forms (spec §4.7, §5.1)."""
+"""The sampler math against closed forms (§5.1)."""
 
 from __future__ import annotations
 

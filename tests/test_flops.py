@@ -1,5 +1,5 @@
 """The analytic FLOP model (`flops.py`) against torch's own counter, pass by pass and for whole runs of
-every engine, and the ratios and cache sizes the paper's argument rests on (spec §3.1, §7.4, §8)."""
+every engine, and the ratios and cache sizes the paper's argument rests on (§7.4, §8)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_xl2_per_pass_flops_agree_with_the_spec_table():
 
 @pytest.mark.parametrize("pe", [True, False])
 def test_80_frame_flop_ratios_are_linear_vs_quadratic(pe):
-    """K = 10 AR steps of 8 after one given frame, 100 steps (spec §8): the cache engine costs ~3.5× less
+    """K = 10 AR steps of 8 after one given frame, 100 steps: the cache engine costs ~3.5× less
     than the capped baseline and more than 5× less than the uncapped one, whose cost grows per AR step."""
     cfg = XL2 if pe else XL2.replace(pe_mode="off", pe_frames=0)
     kw = dict(rows=1, prefix_frames=1, chunks=[8] * 10, steps=100, cache_frames=25)

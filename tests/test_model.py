@@ -1,5 +1,5 @@
 """The cached path against its oracles: the full causal forward before eviction, the block-sliding-window
-forward after it, causality, and a read-only cache during denoising (spec §9)."""
+forward after it, causality, and a read-only cache during denoising."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CONFIGS = {
 
 
 def block_window_mask(chunk_starts: list[int], total: int, max_frames: int) -> torch.Tensor:
-    """Frame i (in the chunk starting at s) sees frames j <= i with j >= s - max_frames (spec §9.2)."""
+    """Frame i (in the chunk starting at s) sees frames j <= i with j >= s - max_frames."""
     start_of = torch.zeros(total, dtype=torch.long)
     for s in chunk_starts:
         start_of[s:] = s
@@ -163,7 +163,7 @@ def test_denoising_never_writes_the_cache():
 
 
 def test_official_bug_first_frame_mode_keeps_growing_the_temporal_cache():
-    """The official first_frame mode stops writing temporal K|V after the first call (spec §3.5.1)."""
+    """The official first_frame mode stops writing temporal K|V after the first call."""
     model = tiny_model(pe_mode="first_frame", pe_frames=1)
     cache = model.new_cache(1, L_MAX)
     with torch.no_grad():

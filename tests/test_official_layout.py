@@ -1,4 +1,4 @@
-"""The official CausalSTDiT2 state-dict layout (spec §6), written out here independently of the model,
+"""The official CausalSTDiT2 state-dict layout, written out here independently of the model,
 and strict loading with errors that name the offending keys."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def test_no_cache_baseline_equals_cached_loop_until_the_cache_is_full(perturb):
     # chunks 0-3 are denoised with 1, 9, 17, 25 clean frames: the cache is not yet evicting
     for a, b in zip(cached[:4], baseline[:4], strict=True):
         assert (a - b).abs().max() <= 1e-4
-    assert (cached[4] - baseline[4]).abs().max() > 1e-3  # after eviction the two engines differ (spec §9.2)
+    assert (cached[4] - baseline[4]).abs().max() > 1e-3  # after eviction the two engines differ
 
 
 def test_same_seed_same_frames_and_independent_of_batch_company():

@@ -60,7 +60,7 @@ def test_prefix_outputs_get_no_gradient():
 
 
 def test_prefix_frames_do_not_see_noisy_frames():
-    """Clean-prefix consistency (spec §9.6): changing the noisy frames leaves prefix outputs unchanged."""
+    """Clean-prefix consistency: changing the noisy frames leaves prefix outputs unchanged."""
     model = tiny_model()
     cfg = model.config
     diffusion = Diffusion(1000)

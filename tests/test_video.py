@@ -3,10 +3,13 @@ PNG frames, and the conditioning image (conversion, resize + center-crop, clear 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from ca2vdm_cli.engine.jobs import video_name
 from ca2vdm_cli.errors import InputError, OutputError
 from ca2vdm_cli.media.video import (
     CODECS,
@@ -14,7 +17,6 @@ from ca2vdm_cli.media.video import (
     VideoWriter,
     check_codec,
     check_output_path,
-    default_output_name,
     probe_video,
     read_frames,
     read_image,
@@ -103,9 +105,12 @@ def test_output_path_checks(tmp_path):
 
 
 def test_default_output_name_is_a_safe_slug():
-    assert default_output_name("A red circle, moving right!", 7) == "a-red-circle-moving-right-seed7.mp4"
-    assert default_output_name("", 0) == "video-seed0.mp4"
-    assert default_output_name("../../etc/passwd", 1) == "etc-passwd-seed1.mp4"
+    assert re.fullmatch(
+        r"a-red-circle-moving-right-[0-9a-f]{6}-s7\.mp4", video_name("A red circle, moving right!", [], 7)
+    )
+    assert re.fullmatch(r"video-[0-9a-f]{6}-s0\.mp4", video_name("", [], 0))
+    assert video_name("../../etc/passwd", [], 1).startswith("etc-passwd-")
+    assert video_name("a", ["x.png"], 1) != video_name("a", [], 1)  # the image is part of the name
 
 
 def test_frames_dir_writes_numbered_pngs_and_refuses_to_clobber(tmp_path):

@@ -1,4 +1,4 @@
-"""Layer maths cross-check: one bidirectional block equals diffusers' WanTransformer3DModel (spec §2.6).
+"""Layer maths cross-check: one bidirectional block equals diffusers' WanTransformer3DModel.
 
 With every frame in one block and an empty cache, CausalWan is plain Wan2.1; diffusers implements that
 independently, so loading the same tiny random weights under the renamed keys must give the same flow.

@@ -38,7 +38,10 @@ def generate(
     image: options.Image = None,
     frames: options.Frames = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output .mp4. [default: <prompt-slug>-seed<N>.mp4]")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output .mp4. [default: <prompt-slug>-<6 hex>-s<seed>.mp4, as batch names it]"
+        ),
     ] = None,
     model: options.Model = None,
     seed: Annotated[
@@ -129,9 +132,9 @@ def run_generate(
         render_video,
         resolve_model,
     )
+    from ca2vdm_cli.engine.jobs import video_name
     from ca2vdm_cli.engine.runtime import resolve_device, resolve_dtype
     from ca2vdm_cli.errors import InputError
-    from ca2vdm_cli.media.video import default_output_name
 
     started = time.perf_counter()
     configure_logging(debug=debug, quiet=quiet)
@@ -141,7 +144,9 @@ def run_generate(
     dtype = resolve_dtype(settings.get("dtype") or "auto", device)
     reporter = Reporter.for_stderr(quiet, device)
     seed = settings["seed"] if settings.get("seed") is not None else secrets.randbelow(2**31)
-    out = settings.get("out") or default_output_name(settings.get("prompt") or "", seed)
+    images = settings.get("image") or []
+    images = [images] if isinstance(images, str) else [str(i) for i in images]
+    out = settings.get("out") or video_name(settings.get("prompt") or "", images, seed)
     settings = {**settings, "seed": seed, "out": out}
     model_dir, card = resolve_model(settings, yes)
     plan = plan_render(settings, model_dir, card, device, dtype, existing)  # type: ignore[arg-type]

@@ -110,10 +110,16 @@ def slugify(text: str, max_length: int = 60) -> str:
 
 
 def output_name(item: JobItem) -> str:
-    """`<slug of the prompt>-<6 hex of prompt+image>-s<seed>.mp4`: stable across runs and ranks, distinct for
-    prompts that share a long prefix or differ only by their image."""
-    digest = hashlib.sha256(f"{item.prompt}\0{item.image or ''}".encode()).hexdigest()[:6]
-    return f"{slugify(item.prompt)}-{digest}-s{item.seed}.mp4"
+    """The default output file of a job item (`video_name`)."""
+    return video_name(item.prompt, [item.image] if item.image else [], item.seed)
+
+
+def video_name(prompt: str, images: list[str], seed: int) -> str:
+    """`<slug of the prompt>-<6 hex of prompt+images>-s<seed>.mp4`, the one naming scheme of `generate` and
+    `batch`: stable across runs and ranks, distinct for prompts that share a long prefix or differ only by
+    their image."""
+    digest = hashlib.sha256("\0".join([prompt, *images]).encode()).hexdigest()[:6]
+    return f"{slugify(prompt)}-{digest}-s{seed}.mp4"
 
 
 def output_path(item: JobItem, out_dir: Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,12 +131,6 @@ def _ensure_writable_dir(directory: Path, what: str) -> None:
         raise OutputError(
             f"{what}: cannot write files in {directory} ({exc.strerror or exc}); choose another location"
         ) from None
-
-
-def default_output_name(prompt: str, seed: int) -> str:
-    """`a-red-circle-moving-right-seed7.mp4`: a filesystem-safe slug of the prompt plus the seed."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60].strip("-") or "video"
-    return f"{slug}-seed{seed}.mp4"
 
 
 # ----------------------------------------------------------------------------- image in
