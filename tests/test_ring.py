@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ca2vdm_cli.cache import KVCache
 
 from ca2vdm_cli.engine.ring import FrameRing
+from ca2vdm_cli.models.stdit.cache import KVCache
 
 
 def test_rejects_bad_sizes() -> None:
