@@ -30,9 +30,9 @@ _ENV = {"COLUMNS": str(WIDTH), "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "
 
 
 def _app() -> Any:
-    from ca2vdm_cli.cli import app
-    from ca2vdm_cli.cli import commands  # noqa: F401  (registers the commands on the app)
+    from ca2vdm_cli.cli import app, commands
 
+    del commands  # imported for its side effect: it registers the commands on the app
     return app
 
 
@@ -61,7 +61,8 @@ def _help(app: Any, path: tuple[str, ...]) -> str:
         max_content_width=WIDTH,
     )
     if result.exit_code != 0:
-        raise RuntimeError(f"`ca2vdm {' '.join(path)} --help` exited with {result.exit_code}:\n{result.output}")
+        command = " ".join(("ca2vdm", *path))
+        raise RuntimeError(f"`{command} --help` exited with {result.exit_code}:\n{result.output}")
     lines = [line.rstrip() for line in result.output.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
