@@ -38,7 +38,7 @@ from ca2vdm_cli.engine.request import (
 )
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.media.text import encode_text
-from ca2vdm_cli.media.vae import decode_latents, encode_frames
+from ca2vdm_cli.media.vae import ImageVAE
 from ca2vdm_cli.models import family
 from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.store.card import ModelCard
@@ -82,6 +82,7 @@ class Pipeline:
         self.accel = accel
         self._step, self._forward = accelerate(self.model, accel, self.device)
         self._encode_caption = encode_caption
+        self.vae = None if components.vae is None else ImageVAE(components.vae, self.card.vae_scaling_factor)
         self._denoisers: dict[tuple[Any, ...], Any] = {}
         self.family = family(self.card.family)  # the model family's denoisers, loop and sizes
 
@@ -155,16 +156,15 @@ class Pipeline:
 
     def encode_images(self, images: np.ndarray, seeds: Sequence[int]) -> Tensor:
         """uint8 (B, P, H, W, 3) → scaled latents (B, c, P, h, w), a seeded posterior sample per video."""
-        if self.components.vae is None:
+        if self.vae is None:
             raise ConfigError("this pipeline has no VAE, so it cannot encode images; pass prefix latents")
-        frames = torch.from_numpy(images)  # (B, P, H, W, 3)
-        return encode_frames(self.components.vae, frames, self.card.vae_scaling_factor, seeds=list(seeds))
+        return self.vae.encode(torch.from_numpy(images), seeds=list(seeds))  # images (B, P, H, W, 3)
 
     def decode(self, latents: Tensor, micro_batch: int = 16) -> np.ndarray | None:
         """Latents (B, c, T, h, w) → uint8 frames (B, T, H, W, 3); None without a VAE."""
-        if self.components.vae is None:
+        if self.vae is None:
             return None
-        return decode_latents(self.components.vae, latents, self.card.vae_scaling_factor, micro_batch).numpy()
+        return self.vae.decode(latents, micro_batch).numpy()
 
     # ------------------------------------------------------------------ the job
     def generate(

@@ -59,3 +59,30 @@ def decode_latents(vae: Any, latents: Tensor, scaling_factor: float, micro_batch
         out.append(img.permute(0, 2, 3, 1).cpu())
     frames = torch.cat(out)  # (B·T, H, W, 3)
     return frames.unflatten(0, (B, T))
+
+
+class ImageVAE:
+    """The pipeline's view of a frame-by-frame VAE: frames in, latents out, and the frame arithmetic. An
+    image VAE covers one video frame per latent frame; a causal video VAE (the Wan family's, 1 + 4k frames
+    to 1 + k latents) answers the same two questions with its own numbers."""
+
+    temporal_factor = 1  # video frames per latent frame (after the first)
+
+    def __init__(self, vae: Any, scaling_factor: float) -> None:
+        self.vae, self.scaling_factor = vae, scaling_factor
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Video frames decoded from `latent_frames` latent frames."""
+        return latent_frames
+
+    def latent_frames(self, video_frames: int) -> int:
+        """Latent frames needed for `video_frames` video frames."""
+        return video_frames
+
+    def encode(self, frames: Tensor, seeds: Sequence[int] | None = None) -> Tensor:
+        """uint8 (B, T, H, W, 3) -> scaled latents (B, c, T, h, w); a seeded posterior sample with `seeds`."""
+        return encode_frames(self.vae, frames, self.scaling_factor, seeds=seeds)
+
+    def decode(self, latents: Tensor, micro_batch: int = 16) -> Tensor:
+        """Scaled latents (B, c, T, h, w) -> uint8 frames (B, T, H, W, 3) on the CPU."""
+        return decode_latents(self.vae, latents, self.scaling_factor, micro_batch)
