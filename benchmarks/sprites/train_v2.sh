@@ -6,8 +6,8 @@
 #    mask-channel merge instead of zero-init (train.zero_init_new = false; --init fine-tuning unaffected),
 #  - 300 videos (faster latents), EMA 0.99 (short run), checkpoints every 100 steps.
 set -e
-OMP_NUM_THREADS=1 .venv/bin/ca2vdm train --config sprites --out "${OUT:-runs/sprites-v2}" --threads 1 \
-  --stages vae,latents,dit,export \
+OMP_NUM_THREADS=1 .venv/bin/ca2vdm train --config sprites --out "${OUT:-runs/sprites-v2}" --threads 1 ${RESUME} \
+  --stages ${STAGES:-vae,latents,dit,export} \
   --set vae='{"path": "weights/sprites/vae"}' \
   --set text_encoder.tokenizer=words --set card.text.tokenizer=files \
   --set card.text.max_length=16 --set card.model.model_max_length=16 \
