@@ -46,6 +46,7 @@ class TrainSettings:
     text_dropout: float = 0.1  # caption → null caption, for classifier-free guidance
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | no
     gradient_checkpointing: bool = False
+    zero_init_new: bool = True  # from scratch: False = standard init of the temporal/prefix/text branches
 
     def __post_init__(self) -> None:
         checks = [

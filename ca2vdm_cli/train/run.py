@@ -198,7 +198,27 @@ def build_text_encoder(recipe: dict[str, Any]):
     if "config" not in spec:
         return None, None
     torch.manual_seed(recipe["seed"] + 1)
-    return T5EncoderModel(T5Config(**spec["config"])), ByT5Tokenizer()
+    tokenizer = sprites_word_tokenizer() if spec.get("tokenizer") == "words" else ByT5Tokenizer()
+    return T5EncoderModel(T5Config(**spec["config"])), tokenizer
+
+
+def sprites_word_tokenizer():
+    """A word-level tokenizer over the sprites grammar's closed vocabulary (a `PreTrainedTokenizerFast`,
+    saved with the text encoder; the card says tokenizer = "files")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from ca2vdm_cli.sprites import world as sprites
+
+    words = ["<pad>", "</s>", "<unk>", "a", "moving", "and", *sprites.COLOURS, *sprites.SHAPES]
+    words += list(sprites.DIRECTIONS)
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", padding_side="right"
+    )
 
 
 def tokenize(tokenizer, captions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,6 +365,8 @@ def train_all(
         card = resolved_card(recipe, float(vae.config.scaling_factor))
         torch.manual_seed(recipe["seed"])
         model = CausalSTDiT(card.model)
+        if not TrainSettings.from_dict(recipe.get("train", {})).zero_init_new:
+            model.initialize_weights(zero_init_new=False)  # from scratch: no zero-init branches
         text_encoder, tokenizer = build_text_encoder(recipe) if card.model.has_text else (None, None)
     if not {"latents", "dit", "export"} & set(stages):
         return None

@@ -83,8 +83,10 @@ class CausalSTDiT(nn.Module):
         tpe = sincos_1d(cfg.hidden_size, torch.arange(cfg.max_tpe_len, dtype=torch.float32) / cfg.time_scale)
         return pos[None].to(dtype), tpe[None].to(dtype)  # (1, S, C), (1, M, C)
 
-    def initialize_weights(self) -> None:
-        """The official construction-time init: new temporal/PE branches start as no-ops."""
+    def initialize_weights(self, zero_init_new: bool = True) -> None:
+        """The official construction-time init: new temporal/PE branches start as no-ops.
+        `zero_init_new=False` (training from scratch): temporal, prefix and cross-attention output
+        projections and the mask-channel merge keep the standard xavier init, so they learn from step 0."""
 
         def xavier(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -101,7 +103,7 @@ class CausalSTDiT(nn.Module):
             nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
             nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
         zero = [self.final_layer.linear]
-        for block in self.blocks:
+        for block in self.blocks if zero_init_new else ():
             zero.append(block.attn_temp.proj)
             if block.cross_attn is not None:
                 zero.append(block.cross_attn.proj)
