@@ -38,6 +38,14 @@ _IGNORED_OFFICIAL_KEYS = {
 }
 
 
+def check_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """ConfigError naming the keys of `d` that are not fields of dataclass `cls`, and the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {sorted(names)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every number the CausalSTDiT architecture depends on.
@@ -135,10 +143,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
+        check_keys(cls, d, "model config")
         kw = dict(d)
         for key in ("latent_size", "patch_size"):
             if key in kw:
@@ -300,10 +305,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown sampling keys {unknown}; valid keys: {sorted(names)}")
+        check_keys(cls, d, "sampling")
         return cls(**d)
 
     def replace(self, **changes: Any) -> SamplingConfig:
