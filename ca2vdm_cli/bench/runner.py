@@ -29,13 +29,13 @@ from torch import Tensor
 from ca2vdm_cli.bench.hardware import PeakMemory, StepTimer, TensorTrace, describe, matmul_peak, synchronize
 from ca2vdm_cli.bench.report import EngineResult, Report, Run, speedups, summarise
 from ca2vdm_cli.bench.setups import BenchSetup
-from ca2vdm_cli.engine.accel import Acceleration, accelerate
+from ca2vdm_cli.engine.accel import Acceleration
 from ca2vdm_cli.engine.loop import chunk_lengths
 from ca2vdm_cli.engine.noise import seeded_noise
 from ca2vdm_cli.engine.pipeline import Pipeline
 from ca2vdm_cli.engine.request import CheckedInputs, GenerateRequest, ProgressEvent
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, make_denoiser
+from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser
 from ca2vdm_cli.models.stdit.flops import run_flops
 
 logger = logging.getLogger(__name__)
@@ -87,28 +87,17 @@ class Bench:
         self.progress = progress or (lambda line: None)
         self.device = next(setup.model.parameters()).device
         self.dtype = next(setup.model.parameters()).dtype
-        self.rows = 2 if self.sampling.cfg_scale != 1.0 else 1
         self.chunks = chunk_lengths(options.frames, self.sampling.chunk)
         self.memory = PeakMemory(self.device)
         caption = self._caption if setup.model.config.has_text and setup.text_encoder is None else None
-        self.pipeline = Pipeline(setup.components(self.sampling), encode_caption=caption)
+        self.pipeline = Pipeline(setup.components(self.sampling), accel=options.accel, encode_caption=caption)
+        self.rows = self.pipeline.family.model_rows(self.sampling, 1)
 
     def run(self) -> Report:
-        opts, setup = self.options, self.setup
+        opts = self.options
         environment = describe(self.device)
-        step, forward = accelerate(setup.model, opts.accel, self.device)
-        engines = {
-            name: make_denoiser(
-                name,
-                setup.model,
-                self.rows,
-                self.sampling.cache_frames,
-                chunk_frames=self.sampling.chunk,
-                step=step,
-                forward=forward,
-            )
-            for name in opts.engines
-        }
+        # the pipeline's own denoisers, accelerated as `generate --compile` would be
+        engines = {name: self.pipeline.denoiser(name, self.sampling, 1) for name in opts.engines}
         given = self._given_frame()
         traced: dict[str, list[Run]] = {name: [] for name in engines}
         trace = self.device.type != "cuda"  # CPU working memory comes from a traced untimed run

@@ -208,7 +208,7 @@ def describe(plan: Plan, pipeline: Any) -> str:
     from ca2vdm_cli.units import format_bytes
 
     s, weights = plan.inputs.sampling, pipeline.weight_bytes()
-    rows = 2 if s.cfg_scale != 1.0 else 1
+    rows = pipeline.family.model_rows(s, 1)
     return (
         f"model {plan.card.name} ({plan.model_dir / CARD_FILE}) on {pipeline.device} "
         f"{dtype_name(pipeline.dtype)}: weights {format_bytes(sum(weights.values()))} "

@@ -62,22 +62,11 @@ def decode_latents(vae: Any, latents: Tensor, scaling_factor: float, micro_batch
 
 
 class ImageVAE:
-    """The pipeline's view of a frame-by-frame VAE: frames in, latents out, and the frame arithmetic. An
-    image VAE covers one video frame per latent frame; a causal video VAE (the Wan family's, 1 + 4k frames
-    to 1 + k latents) answers the same two questions with its own numbers."""
-
-    temporal_factor = 1  # video frames per latent frame (after the first)
+    """The pipeline's view of a frame-by-frame VAE with its scaling factor: frames in, latents out (one
+    latent frame per video frame)."""
 
     def __init__(self, vae: Any, scaling_factor: float) -> None:
         self.vae, self.scaling_factor = vae, scaling_factor
-
-    def video_frames(self, latent_frames: int) -> int:
-        """Video frames decoded from `latent_frames` latent frames."""
-        return latent_frames
-
-    def latent_frames(self, video_frames: int) -> int:
-        """Latent frames needed for `video_frames` video frames."""
-        return video_frames
 
     def encode(self, frames: Tensor, seeds: Sequence[int] | None = None) -> Tensor:
         """uint8 (B, T, H, W, 3) -> scaled latents (B, c, T, h, w); a seeded posterior sample with `seeds`."""

@@ -52,7 +52,8 @@ class FlowSampler:
 
     def __init__(self, schedule: FlowSchedule) -> None:
         self.schedule = schedule
-        self._t, self._sigma = schedule.timesteps(), schedule.sigmas()
+        self._t = schedule.timesteps()
+        self._sigma = [torch.tensor(s) for s in schedule.sigmas()]  # 0-d, made once (not per step)
         self.num_steps = len(self._t)
         self.stochastic = self.num_steps > 1
 
@@ -60,11 +61,11 @@ class FlowSampler:
         return self._t
 
     def step(self, out: Tensor, x: Tensor, n: int, noise: Tensor | None) -> Tensor:
-        x0 = flow_to_x0(x, out, torch.tensor(self._sigma[n]))  # (B, C, F, H, W)
+        x0 = flow_to_x0(x, out, self._sigma[n])  # (B, C, F, H, W)
         if n + 1 == self.num_steps:
             return x0
         assert noise is not None
-        return renoise(x0, noise, torch.tensor(self._sigma[n + 1]))
+        return renoise(x0, noise, self._sigma[n + 1])
 
     def perturb(self, clean: Tensor, noise: Tensor) -> Tensor:
         raise NotImplementedError("the causal Wan family writes clean blocks")
