@@ -78,3 +78,81 @@ def write_tiny_model_dir(path: Path, card_overrides: dict[str, Any] | None = Non
     model = tiny_model(**model_overrides)
     text = tiny_text_encoder(card.model.caption_channels) if card.model.has_text else None
     return save_model_dir(path, card, model, tiny_vae(), text)
+
+
+# ----------------------------------------------------------------------------- the causal Wan family
+def tiny_wan_config(**overrides):
+    """A 2-layer causal Wan DiT for 8×8 latents (16 tokens per frame), blocks of 2 latent frames, T5
+    captions of 16 tokens × 32 channels."""
+    from ca2vdm_cli.models.wan import WanConfig
+
+    base: dict[str, Any] = dict(
+        num_layers=2, dim=48, ffn_dim=96, num_heads=2, freq_dim=32, text_dim=32, text_len=16,
+        num_frame_per_block=2,
+    )  # fmt: skip
+    return WanConfig.tiny(**{**base, **overrides})
+
+
+def tiny_wan_model(seed: int = 0, **overrides):
+    """Random weights everywhere (the official init zeroes some projections)."""
+    from ca2vdm_cli.models.wan import CausalWan
+
+    torch.manual_seed(seed)
+    model = CausalWan(tiny_wan_config(**overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def tiny_wan_vae(seed: int = 0):
+    """The stand-in image VAE of a tiny Wan directory: factor 4, 16 latent channels (Wan's)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=32,
+        mid_block_add_attention=False,
+    ).eval()
+
+
+def tiny_wan_card(
+    name: str = "tiny-wan", sampling: dict[str, Any] | None = None, **card_overrides
+) -> ModelCard:
+    from ca2vdm_cli.models.wan.spec import WanSampling
+
+    defaults = dict(timesteps=(1000, 750, 500, 250), shift=5.0, warp=True, chunk=2, max_frames=16)
+    fields: dict[str, Any] = dict(
+        name=name,
+        family="wan",
+        model=tiny_wan_config(),
+        sampling=WanSampling(**{**defaults, **(sampling or {})}),
+        fps=8,
+        height=32,
+        width=32,
+        vae_scaling_factor=0.5,
+        vae_downsample=4,
+        text_max_length=16,
+        tokenizer="byt5",
+        text_to_video=True,
+        accepts_images=False,
+        description="random tiny causal Wan test model (stand-in image VAE)",
+    )
+    return ModelCard(**{**fields, **card_overrides})
+
+
+def write_tiny_wan_dir(path: Path, sampling: dict[str, Any] | None = None, **card_overrides) -> Path:
+    """A complete, loadable causal Wan model directory with random weights and a stand-in VAE."""
+    from ca2vdm_cli.store.modeldir import save_model_dir
+
+    card = tiny_wan_card(sampling=sampling, **card_overrides)
+    model = tiny_wan_model(**{})
+    return save_model_dir(path, card, model, tiny_wan_vae(), tiny_text_encoder(32))

@@ -40,7 +40,6 @@ from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.media.text import encode_text
 from ca2vdm_cli.media.vae import ImageVAE
 from ca2vdm_cli.models import family
-from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.store.modeldir import Components, load_model_dir
 
@@ -104,22 +103,23 @@ class Pipeline:
             "text_encoder": module_bytes(c.text_encoder),
         }
 
-    def cache_bytes(self, sampling: SamplingConfig, batch: int = 1) -> int:
+    def cache_bytes(self, sampling: Any, batch: int = 1) -> int:
+        """Bytes of the family's KV cache for `batch` videos with these sampling settings."""
         nbytes = torch.empty((), dtype=self.dtype).element_size()
         rows = self.family.model_rows(sampling, batch)
-        return self.family.kv_cache_bytes(self.card.model, rows, sampling.cache_frames, nbytes)
+        return self.family.cache_bytes(self.card.model, sampling, rows, self.card.latent_size, nbytes)
 
-    def denoiser(self, engine: str, sampling: SamplingConfig, batch: int) -> Any:
-        """The pipeline's denoiser for `engine` at this batch and cache size, made once and kept."""
+    def denoiser(self, engine: str, sampling: Any, batch: int) -> Any:
+        """The pipeline's denoiser for `engine` at this batch and these cache settings, made once and kept."""
         rows = self.family.model_rows(sampling, batch)
-        key = (engine, rows, sampling.cache_frames, sampling.chunk)
+        key = (engine, rows, sampling)
         if key not in self._denoisers:
             self._denoisers[key] = self.family.make_denoiser(
                 engine,
                 self.model,
                 rows,
-                sampling.cache_frames,
-                chunk_frames=sampling.chunk,
+                sampling,
+                self.card.latent_size,
                 step=self._step,
                 forward=self._forward,
             )
@@ -129,7 +129,8 @@ class Pipeline:
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor | None, Tensor | None]:
         """Captions (B, N, C_text) and masks (B, N); (None, None) means the null caption / no text. An
         empty prompt in a batch with others gets the null caption."""
-        if not self.card.model.has_text or not any(prompts):
+        null = getattr(self.model, "null_caption", None)  # a learned null caption (CausalSTDiT)
+        if not self.card.model.has_text or (null is not None and not any(prompts)):
             return None, None
         if self._encode_caption is not None:
             return self._encode_caption(prompts)
@@ -143,10 +144,10 @@ class Pipeline:
         if c.text_encoder is None:
             raise RuntimeError("the text encoder was freed after the first prompt (free_text_encoder=True)")
         y, mask = encode_text(c.tokenizer, c.text_encoder, prompts, self.card.text_max_length, self.device)
-        if not all(prompts):  # the null caption for the empty prompts, with a full mask
+        if null is not None and not all(prompts):  # the null caption for empty prompts, with a full mask
             empty = torch.tensor([not p for p in prompts], device=y.device)
-            null = self.model.null_caption(len(prompts)).to(y.device, y.dtype)
-            y = torch.where(empty[:, None, None], null, y)
+            null_rows = null(len(prompts)).to(y.device, y.dtype)
+            y = torch.where(empty[:, None, None], null_rows, y)
             mask = torch.where(empty[:, None], torch.ones_like(mask), mask)
         if self.free_text_encoder:
             c.text_encoder = None
@@ -228,17 +229,20 @@ class Pipeline:
         num_given = 0 if prefix is None else prefix.shape[2]
         emit("images", 0, 0, 0)
         micro = request.decode_batch
+        keep = first.frames or request.frames  # output frames; a whole last block is trimmed to it
 
         def piece(k: int, z: Tensor, start: int, replayed: bool) -> BatchChunk:
             """Chunk k (z (B, c, l, h, w)); the first one starts with the given frames."""
             with_prefix = prefix is not None and k <= 0
             latents = z if not with_prefix else (prefix if k < 0 else torch.cat([prefix, z], dim=2))
             frames = self.decode(latents, micro) if decode else None
+            if frames is not None and start + frames.shape[1] > keep:
+                frames = frames[:, : max(0, keep - start)]
             return BatchChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0, replayed)
 
         if not chunks:  # the given frames are the whole video
             assert prefix is not None
-            empty = torch.zeros(len(requests), self.card.model.in_channels, 0, *self.card.model.latent_size)
+            empty = torch.zeros(len(requests), self.card.latent_channels, 0, *self.card.latent_size)
             yield piece(-1, empty, 0, False)
             return
         starts = [0] + [num_given + sum(chunks[:k]) for k in range(1, len(chunks))]
@@ -258,11 +262,12 @@ class Pipeline:
             else self.denoiser(request.engine, sampling, len(requests)),
             replay=saved,
             on_step=lambda k, n, _: emit("denoise", k, n, done),
+            latent_size=self.card.latent_size,
         )
         for k, z in enumerate(stream, start=len(saved)):  # z (B, c, l, h, w)
             emit("denoised", k, sampling.steps, done)
             yield piece(k, z, starts[k], False)
-            done += chunks[k]
+            done = min(done + chunks[k], keep)
             emit("chunk", k, sampling.steps, done)  # the consumer has taken (written) the chunk
 
 

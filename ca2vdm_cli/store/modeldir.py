@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models import family
 from ca2vdm_cli.store.card import (
     CARD_FILE,
     TEXT_ENCODER_DIR,
@@ -31,7 +31,7 @@ class Components:
     """A loaded model directory: the card and the three networks (text parts are None without text)."""
 
     card: ModelCard
-    model: CausalSTDiT
+    model: Any  # the family's transformer (CausalSTDiT, CausalWan)
     vae: Any  # diffusers AutoencoderKL
     text_encoder: Any | None  # transformers T5EncoderModel
     tokenizer: Any | None
@@ -56,8 +56,9 @@ def check_model_dir(path: str | Path) -> ModelCard:
 
 def load_transformer(
     path: str | Path, card: ModelCard, device: torch.device | str, dtype: torch.dtype
-) -> CausalSTDiT:
-    """Build CausalSTDiT on the meta device and load the safetensors weights with assign=True."""
+) -> Any:
+    """Build the family's transformer on the meta device and load the safetensors weights (official key
+    names, strict) in place of the meta tensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -68,8 +69,8 @@ def load_transformer(
         raise WeightsError(f"cannot read {file}: {exc}; re-download or re-export the model") from None
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):
-        model = CausalSTDiT(card.model)
-    model.load_official_state_dict(state, assign=True)
+        model = family(card.family).build_model(card.model)
+    model.load_official_state_dict(state)  # meta-built: takes the tensors as they are
     return model.eval().requires_grad_(False)
 
 
@@ -125,7 +126,7 @@ def load_model_dir(
 def save_model_dir(
     path: str | Path,
     card: ModelCard,
-    model: CausalSTDiT,
+    model: Any,
     vae: Any,
     text_encoder: Any | None = None,
     tokenizer: Any | None = None,
