@@ -159,3 +159,41 @@ def test_bench_reports_cache_and_recompute_for_wan_tiny():
     planned = cache_bytes(setup.model.config, setup.sampling, 1, (16, 16), 4)  # the ring + the block's slots
     assert engines["cache"]["kv_cache_bytes"] + engines["cache"]["kv_scratch_bytes"] == planned
     assert engines["recompute"]["kv_cache_bytes"] == 0
+
+
+@pytest.mark.parametrize("window", [-1, 4])
+@pytest.mark.parametrize("engine", ["cache", "recompute"])
+def test_run_flops_match_the_flop_counter(engine, window):
+    """The analytic FLOPs of a whole run (what the bench reports) equal what torch counts."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ca2vdm_cli.models.wan import family as wan
+    from tests.factories import tiny_wan_model
+
+    model = tiny_wan_model()
+    sampling = WanSampling(chunk=2, window=window, sink_frames=1 if window > 0 else 0, max_frames=8)
+    y = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        list(
+            wan.sample_video(model, sampling, num_frames=8, seeds=[0], latent_size=(8, 8), y=y, engine=engine)
+        )
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        run()
+    predicted = wan.run_flops(
+        model.config, engine, rows=1, prefix_frames=0, chunks=[2] * 4, sampling=sampling, latent_size=(8, 8)
+    )
+    assert counter.get_total_flops() == predicted.total
+
+
+def test_a_full_window_keeps_every_block_at_the_same_cost_and_cache():
+    """Once the window is full, every AR step costs the same FLOPs and the cache stays the same size."""
+    from ca2vdm_cli.models.wan.flops import run_flops
+
+    cfg = WanConfig.wan_1_3b()
+    steps = run_flops(cfg, "cache", rows=1, prefix_frames=0, chunks=[3] * 20, steps=4, window=12,
+                      latent_hw=(60, 104)).per_ar_step  # fmt: skip
+    full = 4  # blocks 0-2 fill the 9 past slots of a 12-frame window
+    assert len(set(steps[full:])) == 1 and steps[full - 1] < steps[full]

@@ -79,3 +79,8 @@ def cache_summary(sampling: SamplingConfig, rows: int) -> str:
 def caption_shape(model: ModelConfig) -> tuple[int, int]:
     """(tokens, channels) of the encoded caption the model takes."""
     return (model.model_max_length, model.caption_channels)
+
+
+def param_count(model: ModelConfig) -> int:
+    """Parameters of the architecture (no weights needed)."""
+    return count_parameters(model)
