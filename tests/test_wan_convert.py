@@ -237,3 +237,18 @@ def test_full_size_layout_has_825_tensors() -> None:
     assert len(shapes) == 825
     assert sum(s.numel() for s in shapes.values()) == 1_418_996_800
     assert sum(1 for k in shapes if LORA_TARGET.fullmatch(k.removesuffix(".weight"))) == 300
+
+
+def test_legacy_pickle_is_read_safely_without_mmap(tmp_path) -> None:
+    sd = plain_state_dict()
+    torch.save(
+        wrapper(sd, "generator", fsdp=False), tmp_path / "old.pt", _use_new_zipfile_serialization=False
+    )
+    convert_checkpoint(
+        tmp_path / "old.pt", CFG, tmp_path / "m.safetensors", sub_dict="generator", dtype=torch.float32
+    )
+    got = load_file(tmp_path / "m.safetensors")
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint" * 8)
+    with pytest.raises(WeightsError, match="junk.pt is not a readable PyTorch checkpoint"):
+        convert_checkpoint(tmp_path / "junk.pt", CFG, tmp_path / "j.safetensors")
