@@ -4,6 +4,7 @@ plain weights; code-executing, truncated, mis-keyed and mis-shaped files are ref
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -182,7 +183,13 @@ def _expect_refusal(tmp_path, sd, match: str, sub_dict: str = "generator") -> No
 def test_missing_key_is_named(tmp_path) -> None:
     sd = plain_state_dict()
     del sd["blocks.1.ffn.2.weight"]
-    _expect_refusal(tmp_path, sd, r"1 missing keys: blocks\.1\.ffn\.2\.weight .*likely cause")
+    _expect_refusal(tmp_path, sd, r"1 missing keys: blocks\.1\.ffn\.2\.weight \(likely cause: an incomplete")
+
+
+def test_another_block_count_is_named(tmp_path) -> None:
+    torch.manual_seed(0)
+    deeper = CausalWan(dataclasses.replace(CFG, num_layers=3)).state_dict()
+    _expect_refusal(tmp_path, deeper, r"27 unexpected keys: blocks\.2\..*another number of blocks .* \(2\)")
 
 
 def test_wrong_shape_is_named(tmp_path) -> None:

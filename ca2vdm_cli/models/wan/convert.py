@@ -21,6 +21,7 @@ The Self-Forcing, CausVid, Causal-Forcing and LongLive files are torch pickles o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pickle
@@ -189,15 +190,24 @@ def expected_shapes(cfg: WanConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def _hint(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
-    keys = missing + unexpected
+def _block_count_hint(cfg: WanConfig, missing: list[str], unexpected: list[str]) -> bool:
+    """Whether the mismatch looks like a checkpoint with another number of blocks."""
+    extra = [m for k in unexpected if (m := re.match(r"blocks\.(\d+)\.", k)) and int(m[1]) >= cfg.num_layers]
+    last = cfg.num_layers - 1
+    fewer = f"blocks.{last}.modulation" in missing and "blocks.0.modulation" not in missing
+    return bool(extra) or fewer
+
+
+def _hint(cfg: WanConfig, missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
     if any(".lora_" in k for k in unexpected):
         return _layout_hint(unexpected)
-    if keys and all(k.startswith("blocks.") for k in keys):
-        return "a different number of blocks: the card's WanConfig does not match this checkpoint"
+    if _block_count_hint(cfg, missing, unexpected):
+        return f"another number of blocks than the card's WanConfig ({cfg.num_layers}); check the card"
     if wrong:
         return "a different model size (e.g. Wan2.1-14B) or the wrong WanConfig in the card"
-    return "not a causal Wan2.1 generator for this WanConfig, or a truncated conversion"
+    if missing and not unexpected:
+        return "an incomplete checkpoint (a failed save, or the wrong sub-dict); download it again"
+    return "not a causal Wan2.1 generator for this WanConfig"
 
 
 def check_keys(sd: dict[str, Tensor], cfg: WanConfig, where: str) -> None:
@@ -205,7 +215,9 @@ def check_keys(sd: dict[str, Tensor], cfg: WanConfig, where: str) -> None:
     expected = expected_shapes(cfg)
     missing, unexpected, wrong = key_mismatch(sd, expected)
     if missing or unexpected or wrong:
-        message = describe_key_mismatch(missing, unexpected, wrong, sd, expected, _hint)
+        message = describe_key_mismatch(
+            missing, unexpected, wrong, sd, expected, functools.partial(_hint, cfg)
+        )
         raise WeightsError(f"{where}: {message}")
 
 
