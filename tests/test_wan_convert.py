@@ -259,3 +259,18 @@ def test_legacy_pickle_is_read_safely_without_mmap(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint" * 8)
     with pytest.raises(WeightsError, match="junk.pt is not a readable PyTorch checkpoint"):
         convert_checkpoint(tmp_path / "junk.pt", CFG, tmp_path / "j.safetensors")
+
+
+def test_lora_is_merged_in_float32_then_cast(tmp_path) -> None:
+    sd = plain_state_dict()
+    torch.save(wrapper(sd, "generator", fsdp=False), tmp_path / "base.pt")
+    lora = peft_lora(sd, rank=4, seed=3)
+    torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
+    out = tmp_path / "m.safetensors"
+    convert_checkpoint(tmp_path / "base.pt", CFG, out, sub_dict="generator", lora=tmp_path / "lora.pt")
+    got = load_file(out)  # bf16
+    a = lora["base_model.model.blocks.1._fsdp_wrapped_module.ffn.2.lora_A.default.weight"]
+    b = lora["base_model.model.blocks.1._fsdp_wrapped_module.ffn.2.lora_B.default.weight"]
+    want = (sd["blocks.1.ffn.2.weight"] + b @ a).to(torch.bfloat16)
+    assert got["blocks.1.ffn.2.weight"].dtype == torch.bfloat16
+    assert torch.equal(got["blocks.1.ffn.2.weight"], want)

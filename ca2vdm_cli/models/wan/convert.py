@@ -269,14 +269,18 @@ def lora_pairs(
 
 
 def merge_lora(
-    sd: dict[str, Tensor], pairs: dict[str, tuple[Tensor, Tensor]], scale: float
+    sd: dict[str, Tensor],
+    pairs: dict[str, tuple[Tensor, Tensor]],
+    scale: float,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
-    """W ← W + scale·B·A for each module (float32 arithmetic, result in W's dtype); biases unchanged."""
+    """W ← W + scale·B·A for each module in float32, the result cast to `dtype` (default W's); biases
+    unchanged. Casting per module keeps the peak memory at one module in float32, not the whole model."""
     out = dict(sd)
     for module, (a, b) in pairs.items():
         w = sd[module + ".weight"]  # (out, in)
         merged = w.float() + scale * (b.float() @ a.float())  # (out, r) @ (r, in)
-        out[module + ".weight"] = merged.to(w.dtype)
+        out[module + ".weight"] = merged.to(dtype or w.dtype)
     return out
 
 
@@ -335,7 +339,7 @@ def convert_checkpoint(
         _, lora_sd = select_sub_dict(lora_obj, lora_sub_dict, lora.name)
         pairs, rank = lora_pairs(lora_sd, cfg, lora.name)
         scale = (rank if lora_alpha is None else lora_alpha) / rank
-        sd = merge_lora(sd, pairs, scale)
+        sd = merge_lora(sd, pairs, scale, dtype)
         report.lora_modules, report.lora_rank, report.lora_scale = len(pairs), rank, scale
         logger.info("merged %d LoRA modules (rank %d, scale %g) from %s", len(pairs), rank, scale, lora.name)
     tensors = {k: v.to(dtype).contiguous() for k, v in sd.items()}  # (copies; the mmap'd source stays)
