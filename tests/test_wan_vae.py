@@ -11,7 +11,7 @@ from ca2vdm_cli.models.wan.vae import WanVAE, plan_frames, to_uint8, video_frame
 
 diffusers = pytest.importorskip("diffusers")
 
-LATENT = 4  # latent frames are LATENT×LATENT; video frames 8× that
+LATENT = 2  # latent frames are LATENT×LATENT; video frames 8× that
 
 
 def tiny_wan_vae(seed: int = 0) -> WanVAE:
@@ -106,6 +106,7 @@ def test_stream_reset_starts_a_new_video_and_public_decode_per_block_does_not_st
     assert (streamed - whole).abs().max() <= 1e-5
     naive = wan_vae.decode(z[:, :, 3:])  # the public decode restarts the causal state: 9 frames, not 12
     assert naive.shape[2] == 9
+    assert (naive[:, :, 0] - whole[:, :, 9]).abs().max() > 0.1  # and without the state the frames differ
 
 
 def test_to_uint8() -> None:
