@@ -113,3 +113,14 @@ def test_to_uint8() -> None:
     video = torch.tensor([-2.0, -1.0, 0.0, 1.0]).view(1, 1, 4, 1, 1).expand(1, 3, 4, 1, 1)
     frames = to_uint8(video)
     assert frames.shape == (1, 4, 1, 1, 3) and frames[0, :, 0, 0, 0].tolist() == [0, 0, 128, 255]
+
+
+def test_streamed_decode_in_bfloat16() -> None:
+    bf16 = WanVAE(tiny_wan_vae().vae.to(torch.bfloat16))
+    torch.manual_seed(3)
+    z = torch.randn(1, 16, 6, LATENT, LATENT)
+    streamer = bf16.stream()
+    streamed = torch.cat([streamer.decode(z[:, :, :3]), streamer.decode(z[:, :, 3:])], dim=2)
+    whole = bf16.decode(z)
+    assert streamed.dtype == whole.dtype == torch.bfloat16
+    assert torch.equal(streamed, whole)  # same operations in the same order: bit for bit on the CPU

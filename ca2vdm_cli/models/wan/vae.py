@@ -128,7 +128,7 @@ class WanVAE:
     def denormalize(self, z: Tensor) -> Tensor:
         """z_n (B, C, L, h, w) → VAE latents z_n·std + mean, in the VAE's dtype and on its device."""
         z = z.to(self.device, torch.float32)
-        return (z * self._std + self._mean).to(self.dtype)
+        return (z * self._std.to(z.device) + self._mean.to(z.device)).to(self.dtype)  # f32, then cast
 
     @torch.inference_mode()
     def encode(self, frames: Tensor) -> Tensor:
