@@ -6,9 +6,10 @@ A model directory is what `ca2vdm generate --model DIR` loads, what `ca2vdm trai
     DIR/ca2vdm.json              the card: architecture, sampling defaults, video defaults, VAE/text settings
     DIR/transformer.safetensors  the family's transformer under its official key names (CausalSTDiT2, or
                                  the original Wan layout for `family = "wan"`)
-    DIR/vae/                     diffusers AutoencoderKL.save_pretrained
+    DIR/vae/                     diffusers AutoencoderKL.save_pretrained (`vae.kind = "wan"`: AutoencoderKLWan)
     DIR/text_encoder/            transformers T5EncoderModel.save_pretrained (+ tokenizer files, unless the
-                                 card says tokenizer = "byt5": the file-free ByT5Tokenizer)
+                                 card says tokenizer = "byt5": the file-free ByT5Tokenizer); with
+                                 `text.encoder = "umt5"` a UMT5EncoderModel and its tokenizer files
 
 Downloadable presets (`weights/<name>.json`) use the same card with a `sources` table saying where each
 file comes from (Hub repo, filename, revision, size, sha256, licence). Parts: `transformer`, `vae`,
@@ -38,7 +39,8 @@ TRANSFORMER_FILE = "transformer.safetensors"
 VAE_DIR = "vae"
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZERS = ("byt5", "files")
-VAE_KINDS = {"image": 1}  # VAE kind -> video frames per latent frame (after the first)
+VAE_KINDS = {"image": 1, "wan": 4}  # VAE kind -> video frames per latent frame (after the first)
+TEXT_ENCODERS = ("t5", "umt5")  # transformers T5EncoderModel | the Wan umT5 (UMT5EncoderModel)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class ModelCard:
     sources: dict[str, Any] = field(default_factory=dict)  # downloadable presets: where each part comes from
     family: str = "stdit"  # the model family (`models.family`): architecture, denoisers, sampler
     accepts_images: bool = True  # can start from given frames (--image)
-    vae_kind: str = "image"  # "image": one video frame per latent frame (`VAE_KINDS`)
+    vae_kind: str = "image"  # "image": diffusers AutoencoderKL, one video frame per latent frame;
+    # "wan": AutoencoderKLWan, 1 + 4·(L − 1) video frames for L latent frames, decoded as a stream
+    text_encoder: str = "t5"  # `TEXT_ENCODERS`
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_NAMES:
@@ -74,6 +78,10 @@ class ModelCard:
         if self.vae_kind not in VAE_KINDS:
             raise ConfigError(
                 f"card {self.name!r}: vae kind {self.vae_kind!r} is not one of {list(VAE_KINDS)}"
+            )
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(
+                f"card {self.name!r}: text encoder {self.text_encoder!r} is not one of {TEXT_ENCODERS}"
             )
         if not self.text_to_video and not self.accepts_images:
             raise ConfigError(f"card {self.name!r}: a model needs text_to_video or accepts_images")
@@ -113,7 +121,11 @@ class ModelCard:
                 "scaling_factor": self.vae_scaling_factor,
                 "downsample": self.vae_downsample,
             },
-            "text": {"max_length": self.text_max_length, "tokenizer": self.tokenizer},
+            "text": {
+                "max_length": self.text_max_length,
+                "tokenizer": self.tokenizer,
+                "encoder": self.text_encoder,
+            },
             "text_to_video": self.text_to_video,
             "accepts_images": self.accepts_images,
             "sources": self.sources,
@@ -161,6 +173,7 @@ class ModelCard:
             vae_kind=str(vae.get("kind", "image")),
             text_max_length=int(text.get("max_length", 120)),
             tokenizer=text.get("tokenizer", "files"),
+            text_encoder=str(text.get("encoder", "t5")),
             text_to_video=bool(d.get("text_to_video", False)),
             accepts_images=bool(d.get("accepts_images", True)),
             description=d.get("description", ""),
