@@ -38,8 +38,15 @@ class Plan:
     @property
     def resumed_frames(self) -> int:
         """Output frames that come from the sidecar rather than from new denoising."""
+        from ca2vdm_cli.engine.request import video_frames
+
         replayed = len(self.replay)
-        return self.inputs.num_given + sum(self.inputs.chunks[:replayed]) if replayed else 0
+        if not replayed:
+            return 0
+        given, per_chunk = video_frames(
+            self.card.frames_per_latent, self.inputs.num_given, self.inputs.chunks
+        )
+        return min(self.request.frames, given + sum(per_chunk[:replayed]))
 
 
 class Interrupted(Exception):

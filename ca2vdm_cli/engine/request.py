@@ -200,6 +200,18 @@ def latent_chunks(card: ModelCard, sampling: Any, frames: int, num_given: int) -
     )
 
 
+def video_frames(frames_per_latent: int, num_given: int, chunks: Sequence[int]) -> tuple[int, list[int]]:
+    """Video frames of the given latent frames and of each chunk's new latent frames, before trimming: the
+    first latent frame of a video decodes to 1 frame, every later one to `frames_per_latent`."""
+    r, out = frames_per_latent, []
+    seen = num_given
+    given = 1 + r * (num_given - 1) if num_given else 0
+    for n in chunks:
+        out.append(r * n - (r - 1 if seen == 0 else 0))
+        seen += n
+    return given, out
+
+
 def check_replay(card: ModelCard, inputs: CheckedInputs, replay: Sequence[Tensor]) -> None:
     """Saved chunks (1, c, l, h, w) of an interrupted render must match this request's chunks."""
     chunks = inputs.chunks

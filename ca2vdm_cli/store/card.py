@@ -6,7 +6,7 @@ A model directory is what `ca2vdm generate --model DIR` loads, what `ca2vdm trai
     DIR/ca2vdm.json              the card: architecture, sampling defaults, video defaults, VAE/text settings
     DIR/transformer.safetensors  the family's transformer under its official key names (CausalSTDiT2, or
                                  the original Wan layout for `family = "wan"`)
-    DIR/vae/                     diffusers AutoencoderKL.save_pretrained (`vae.kind = "wan"`: AutoencoderKLWan)
+    DIR/vae/                     diffusers AutoencoderKL.save_pretrained (kind "wan": AutoencoderKLWan)
     DIR/text_encoder/            transformers T5EncoderModel.save_pretrained (+ tokenizer files, unless the
                                  card says tokenizer = "byt5": the file-free ByT5Tokenizer); with
                                  `text.encoder = "umt5"` a UMT5EncoderModel and its tokenizer files
