@@ -55,6 +55,9 @@ def bench(
             "(causal Wan). [default: all of the model's]"
         ),
     ] = None,
+    window: options.Window = None,
+    sink_frames: options.SinkFrames = None,
+    positions: options.Positions = None,
     device: options.Device = None,
     dtype: options.Dtype = None,
     compile: options.Compile = False,
@@ -133,6 +136,10 @@ def bench(
         seed=seed,
         text_on_cpu=text_on_cpu,
     )
+    attention = {"window": window, "sink_frames": sink_frames, "position_mode": positions}
+    attention = {k: v for k, v in attention.items() if v is not None}
+    if attention:  # the causal Wan family's run-time attention (other families refuse it in one line)
+        setup.sampling = setup.sampling.replace(**attention)
     console = _console()
     runner = Bench(setup, options, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     console.print(
