@@ -213,6 +213,11 @@ def resolve_commit(repo: str, requested: str = "main") -> str:
         sha = HfApi(endpoint=constants.ENDPOINT).model_info(repo, revision=requested).sha
     except Exception as exc:  # noqa: BLE001  (every Hub/HTTP failure becomes one line)
         what = f"look up the current commit of {repo} (its first download pins it)"
+        if _is_connection_error(exc):  # no cached copy can help: nothing is pinned yet
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DownloadError(
+                f"cannot reach {constants.ENDPOINT} to {what} ({first}); check the network or HF_ENDPOINT"
+            ) from None
         raise _download_error(exc, probe, SourceFile(requested, None, None, None), what) from None
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
         raise DownloadError(f"{constants.ENDPOINT} gave no commit sha for {repo}@{requested} ({sha!r})")

@@ -121,7 +121,8 @@ def file_key(repo: str, revision: str, path: str) -> str:
 # ----------------------------------------------------------------------------- the card with its pins
 def unpinned_repos(sources: dict[str, Source]) -> list[str]:
     """Hub repos a card leaves unpinned (revision null) and the lock does not pin yet."""
-    return sorted({s.repo for s in sources.values() if s.repo is not None and s.revision is None})
+    repos = [s.repo for s in sources.values() if s.repo is not None and s.revision is None]
+    return list(dict.fromkeys(repos))  # in the card's order: the transformer's repo first
 
 
 def apply(sources: dict[str, Source], lock: Lock) -> dict[str, Source]:

@@ -1,6 +1,11 @@
 """Presets: the model cards shipped in the package (`ca2vdm_cli.bundled_weights`, the repository's
 `weights/`), the `sources` table of a downloadable card, and where downloads and converted models live.
 
+The `sources` schema is in card.py's docstring, plus: `revision` null (pinned on first download, below);
+transformer `format: "wan-wrapper"` (a causal Wan training-wrapper pickle, `models.wan.convert`) with
+`sub_dict` (the generator's top-level key) and an optional `lora` {path (one of the part's files),
+sub_dict, alpha (null: alpha = rank)} merged at conversion.
+
 A source's `revision` is a 40-hex commit sha, or null: "pin the repo's current commit on first download".
 What the first download found (the commit, each file's size and sha256) is kept in the preset's lock file
 (`pins.py`) and applied here, so from then on only that pin is trusted.
