@@ -103,18 +103,21 @@ def card_dict(wan_files, name="fake-sf", repo="fake-org/self-forcing", **transfo
     }
 
 
+def tiny_repos(wan_files, sd) -> dict[str, FakeRepo]:
+    lfs = {p for p in wan_files if "safetensors" in p}
+    ckpt = {CKPT: pickled(wrapper(sd, "generator_ema", True))}
+    return {
+        "fake-org/self-forcing": FakeRepo(SHA["sf"], ckpt, {CKPT}),
+        "fake-org/wan-diffusers": FakeRepo(SHA["wan"], dict(wan_files), lfs),
+    }
+
+
 @pytest.fixture
 def hub(monkeypatch, wan_files):
     from huggingface_hub import constants
 
     sd = plain()
-    lfs = {p for p in wan_files if "safetensors" in p}
-    ckpt = {CKPT: pickled(wrapper(sd, "generator_ema", True))}
-    repos = {
-        "fake-org/self-forcing": FakeRepo(SHA["sf"], ckpt, {CKPT}),
-        "fake-org/wan-diffusers": FakeRepo(SHA["wan"], dict(wan_files), lfs),
-    }
-    server = FakeHub(repos).start(ttl=120)
+    server = FakeHub(tiny_repos(wan_files, sd)).start(ttl=120)
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     monkeypatch.setattr(
         constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
@@ -206,6 +209,23 @@ def test_only_the_pinned_commit_is_trusted_after_main_moves(hub, wan_files, tmp_
         resolve_model(str(card), cache_dir=cache, consent=lambda m: True)
 
 
+def test_an_interrupted_first_download_resumes_at_the_pinned_commit(hub, wan_files, tmp_path):
+    card, cache = write(tmp_path, card_dict(wan_files)), tmp_path / "c"
+    hub.faults[CKPT] = "short"  # the first attempt fails after the pin was recorded
+    with pytest.raises(DownloadError, match="cut short"):
+        resolve_model(str(card), cache_dir=cache, consent=lambda m: True)
+    assert (
+        Lock.load(cache / "models" / "fake-sf" / "pins.json").revision("fake-org/self-forcing") == SHA["sf"]
+    )
+    del hub.faults[CKPT]
+    hub.repos["fake-org/self-forcing"].move_main("e" * 40, {CKPT: b"a newer release"})
+    asked: list[str] = []
+    directory = resolve_model(str(card), cache_dir=cache, consent=lambda m: asked.append(m) or True)
+    assert asked and directory.name == SHA["sf"][:12]  # still the first commit, not the new main
+    got = load_file(directory / "transformer.safetensors")
+    assert all(torch.equal(got[k], v) for k, v in bf16(hub.sd).items())
+
+
 def test_longlive_lora_is_merged_at_conversion(hub, wan_files, tmp_path):
     sd, rank, alpha = plain(seed=3), 4, 2.0
     g = torch.Generator().manual_seed(1)
@@ -272,6 +292,28 @@ def test_bad_downloads_fail_in_one_line_and_leave_nothing(hub, wan_files, tmp_pa
     assert cache_status(read_card(write(tmp_path, d)), cache) != "yes"
 
 
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (
+            {"lora": {"path": "models/other.pt"}},
+            "lora: path 'models/other.pt' is not one of the part's files",
+        ),
+        ({"format": "opensora-v1"}, "format 'opensora-v1' is not one of ('wan-wrapper', 'ca2vdm')"),
+        ({"format": "ca2vdm"}, "sub_dict and lora apply only to a 'wan-wrapper' transformer"),
+        ({"revision": "main"}, "must be a pinned 40-hex commit sha, or null to pin"),
+        ({"lora": {"path": CKPT}}, "needs exactly one checkpoint file besides its LoRA"),
+    ],
+)
+def test_sources_schema_errors_name_the_entry(wan_files, change, fragment):
+    from ca2vdm_cli.errors import ConfigError
+    from ca2vdm_cli.store.card import ModelCard
+    from ca2vdm_cli.store.presets import parse_sources
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        parse_sources(ModelCard.from_dict(card_dict(wan_files, **change)))
+
+
 def test_models_lists_the_wan_presets_and_the_cards_are_complete():
     import subprocess
     import sys
@@ -326,3 +368,17 @@ def test_download_with_the_hub_unreachable_is_one_line(tmp_path):
     offline = download("longlive", tmp_path, url, HF_HUB_OFFLINE="1")  # type: ignore[arg-type]
     assert_one_line_error(offline, "is not pinned yet", "unset HF_HUB_OFFLINE for the first download")
     assert not (tmp_path / "cache" / "models" / "self-forcing" / "pins.json").exists()
+
+
+def test_download_command_reports_the_first_download_pin(tmp_path, wan_files):
+    from tests.test_hub import download
+
+    live = FakeHub(tiny_repos(wan_files, plain())).start(ttl=60)
+    try:
+        out = download(write(tmp_path, card_dict(wan_files)), tmp_path, live.url)
+    finally:
+        live.stop()
+    assert out.returncode == 0, out.stderr
+    assert f"pinned fake-sf to fake-org/self-forcing@{SHA['sf']} on first download" in out.stderr
+    assert f"pinned fake-sf to fake-org/wan-diffusers@{SHA['wan']} on first download" in out.stderr
+    assert out.stdout.splitlines()[0] == str(tmp_path / "cache" / "models" / "fake-sf" / SHA["sf"][:12])
