@@ -271,14 +271,15 @@ def drop_key(hub):
     "case, error, fragments",
     [
         ("truncated", DownloadError, ["self_forcing_dmd.pt was cut short", "run it again"]),
+        ("corrupt", DownloadError, ["self_forcing_dmd.pt is corrupt", "the Hub reported", "was deleted"]),
         ("missing key", WeightsError, ["cannot be converted", "blocks.1.ffn.2.bias", "download it again"]),
         ("wrong sub-dict", WeightsError, ["has no sub-dict 'generator'", "generator_ema (", "set the card"]),
     ],
 )
 def test_bad_downloads_fail_in_one_line_and_leave_nothing(hub, wan_files, tmp_path, case, error, fragments):
     d = card_dict(wan_files, **({"sub_dict": "generator"} if case == "wrong sub-dict" else {}))
-    if case == "truncated":
-        hub.faults[CKPT] = "short"
+    if case in ("truncated", "corrupt"):
+        hub.faults[CKPT] = "short" if case == "truncated" else "corrupt"
     elif case == "missing key":
         drop_key(hub)
     cache = tmp_path / "c"
@@ -349,6 +350,12 @@ def test_models_lists_the_wan_presets_and_the_cards_are_complete():
     assert load_preset("causal-forcing-i2v").sampling.chunk == 1
     assert (ll.sampling.window, ll.sampling.sink_frames) == (12, 3)
     assert parse_sources(ll)["transformer"].lora.path == "models/lora.pt"
+    from ca2vdm_cli.store.memory import GIB, estimate_memory
+
+    plan, long = estimate_memory(sf, "bf16"), estimate_memory(ll, "bf16")  # from the cards alone
+    assert plan["transformer"] == 1_418_996_800 * 2 and plan["text_encoder"] == 5_680_910_336 * 2
+    assert plan["vae"] == 126_892_531 * 2 and round(plan["kv_cache"] / GIB, 2) == 5.62
+    assert round(long["kv_cache"] / GIB, 2) == 3.21
     table = subprocess.run(
         [sys.executable, "-m", "ca2vdm_cli", "models"], capture_output=True, text=True, cwd=ROOT
     ).stdout
