@@ -171,11 +171,11 @@ def test_an_out_of_memory_item_fails_alone(batch, tmp_path, monkeypatch):
 
     decode, calls = Pipeline.decode, []
 
-    def failing_once(self, latents, micro_batch=16):
+    def failing_once(self, latents, *args):
         calls.append(latents.shape)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return decode(self, latents, micro_batch)
+        return decode(self, latents, *args)
 
     monkeypatch.setattr(Pipeline, "decode", failing_once)
     code, results, err = batch("-", *FAST, stdin="first\nsecond\n")
@@ -199,11 +199,11 @@ def test_sigterm_stops_the_batch_cleanly_and_a_rerun_resumes(batch, tmp_path, mo
 
     decode, calls = Pipeline.decode, []
 
-    def terminated_once(self, latents, micro_batch=16):
+    def terminated_once(self, latents, *args):
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # only recorded by the handler; acted on at the next check
-        return decode(self, latents, micro_batch)
+        return decode(self, latents, *args)
 
     jobs = tmp_path / "prompts.txt"
     jobs.write_text("first\nsecond\n")

@@ -197,3 +197,25 @@ def test_a_full_window_keeps_every_block_at_the_same_cost_and_cache():
                       latent_hw=(60, 104)).per_ar_step  # fmt: skip
     full = 4  # blocks 0-2 fill the 9 past slots of a 12-frame window
     assert len(set(steps[full:])) == 1 and steps[full - 1] < steps[full]
+
+
+def test_a_gpu_too_small_is_refused_before_loading_and_the_text_encoder_placed_by_the_plan(tmp_path):
+    """The self-forcing plan (bf16: DiT 2.6, umT5 10.6, KV 5.6 GiB, ...): with 20 GiB free umT5 cannot
+    sit beside the DiT, so it is encoded then freed; with 12 GiB it stays on the CPU; with 8 GiB nothing
+    fits and the refusal names --text-encoder, the window and --dtype."""
+    import torch as _torch
+
+    from ca2vdm_cli.cli.render import check_memory, choose_text_encoder, plan_render
+    from ca2vdm_cli.store.memory import MemoryPlanError
+    from ca2vdm_cli.store.presets import load_preset
+
+    card = load_preset("self-forcing")
+    settings = {"prompt": "a fox", "frames": 81, "seed": 0, "out": str(tmp_path / "sf.mp4")}
+    plan = plan_render(settings, tmp_path, card, _torch.device("cuda"), _torch.bfloat16, "refuse")
+    assert choose_text_encoder(plan, "cuda", _torch.bfloat16, available=20 * GIB) == "free"
+    assert choose_text_encoder(plan, "cuda", _torch.bfloat16, available=12 * GIB) == "cpu"
+    assert choose_text_encoder(plan, "cuda", _torch.bfloat16, available=80 * GIB) == "device"
+    with pytest.raises(MemoryPlanError) as info:
+        check_memory(plan, "cuda", _torch.bfloat16, "device", available=8 * GIB)
+    message = str(info.value)
+    assert "--text-encoder cpu" in message and "--window" in message and "--dtype bf16" in message

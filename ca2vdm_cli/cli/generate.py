@@ -148,6 +148,7 @@ def run_generate(
     from ca2vdm_cli.cli.render import (
         Interrupted,
         check_memory,
+        choose_text_encoder,
         describe,
         load_pipeline,
         plan_render,
@@ -185,7 +186,9 @@ def run_generate(
         reporter.line(f"resuming {plan.out} at frame {plan.resumed_frames}: {plan.state.reason}")
     elif existing == "resume" and plan.state.reason != "new":
         reporter.line(f"rendering {plan.out} from the start: {plan.state.reason}")
-    reporter.line(check_memory(plan, device, dtype, settings.get("text_encoder") or "device"))
+    if not settings.get("text_encoder"):  # not given: the memory plan decides, before anything loads
+        settings = {**settings, "text_encoder": choose_text_encoder(plan, device, dtype)}
+    reporter.line(check_memory(plan, device, dtype, settings["text_encoder"]))
     pipeline = load_pipeline(plan, device, dtype, debug, settings)
     reporter.line(describe(plan, pipeline))
     stop = StopRequests()

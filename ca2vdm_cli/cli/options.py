@@ -72,7 +72,8 @@ TextEncoder = Annotated[
     Literal["device", "cpu", "free"] | None,
     typer.Option(
         "--text-encoder",
-        help="T5 on the run device, kept on the CPU, or freed after encoding. [default: device]",
+        help="Text encoder on the run device, kept on the CPU, or freed after encoding. [default: on the "
+        "device if the memory plan fits, else freed after encoding, else the CPU]",
     ),
 ]
 

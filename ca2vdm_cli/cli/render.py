@@ -176,15 +176,11 @@ def render_fingerprint(
     )
 
 
-def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
-    """Estimate the device memory before loading anything; refuse early when it cannot fit (CUDA)."""
-    from ca2vdm_cli.errors import ConfigError
-    from ca2vdm_cli.store.memory import check_fits, describe_estimate, estimate_memory
+def _estimate(plan: Plan, dtype: Any, text_encoder: str) -> dict[str, int]:
+    from ca2vdm_cli.store.memory import estimate_memory
 
-    if text_encoder not in ("device", "cpu", "free"):
-        raise ConfigError(f"text_encoder = {text_encoder!r} must be device, cpu or free")
     s = plan.inputs.sampling
-    estimate = estimate_memory(
+    return estimate_memory(
         plan.card,
         dtype,
         cfg=s.cfg_scale != 1.0,
@@ -193,8 +189,33 @@ def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
         model_dir=plan.model_dir,
         sampling=s,
     )
-    check_fits(estimate, device, cache_knob=plan.card.spec.CACHE_KNOB)
-    return f"planned memory on {device}: {describe_estimate(estimate)}"
+
+
+def choose_text_encoder(plan: Plan, device: Any, dtype: Any, available: int | None = None) -> str:
+    """Where the text encoder goes when the user did not say: beside the model if everything fits, else
+    encoded then freed, else on the CPU — decided by the memory plan before anything loads."""
+    from ca2vdm_cli.store.memory import MemoryPlanError, check_fits
+
+    for placement in ("device", "free", "cpu"):
+        try:
+            check_fits(_estimate(plan, dtype, placement), device, available)
+            return placement
+        except MemoryPlanError:
+            continue
+    return "device"  # nothing fits: check_memory refuses with the knobs
+
+
+def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str, available: int | None = None) -> str:
+    """Estimate the device memory before loading anything; refuse early when it cannot fit (CUDA)."""
+    from ca2vdm_cli.errors import ConfigError
+    from ca2vdm_cli.store.memory import check_fits, describe_estimate
+
+    if text_encoder not in ("device", "cpu", "free"):
+        raise ConfigError(f"text_encoder = {text_encoder!r} must be device, cpu or free")
+    estimate = _estimate(plan, dtype, text_encoder)
+    check_fits(estimate, device, available, cache_knob=plan.card.spec.CACHE_KNOB)
+    where = "" if text_encoder == "device" else f" (text encoder: {text_encoder})"
+    return f"planned memory on {device}{where}: {describe_estimate(estimate)}"
 
 
 def acceleration(settings: dict[str, Any]) -> Any:

@@ -174,11 +174,12 @@ class Pipeline:
             raise ConfigError("this pipeline has no VAE, so it cannot encode images; pass prefix latents")
         return self.vae.encode(torch.from_numpy(images), seeds=list(seeds))  # images (B, P, H, W, 3)
 
-    def decode(self, latents: Tensor, micro_batch: int = 16) -> np.ndarray | None:
-        """A whole clip's latents (B, c, T, h, w) → uint8 frames (B, T', H, W, 3); None without a VAE."""
+    def decode(self, latents: Tensor, micro_batch: int = 16, stream: Any = None) -> np.ndarray | None:
+        """Latents (B, c, T, h, w) → uint8 frames (B, T', H, W, 3); None without a VAE. `stream` (from
+        `vae.stream()`) continues a video chunk by chunk; without one the latents are a whole clip."""
         if self.vae is None:
             return None
-        return self.vae.stream().decode(latents, micro_batch).numpy()
+        return (stream or self.vae.stream()).decode(latents, micro_batch).numpy()
 
     # ------------------------------------------------------------------ the job
     def generate(
@@ -259,7 +260,7 @@ class Pipeline:
             """Chunk k (z (B, c, l, h, w)); the first one starts with the given frames."""
             with_prefix = prefix is not None and k <= 0
             latents = z if not with_prefix else (prefix if k < 0 else torch.cat([prefix, z], dim=2))
-            frames = None if vae_stream is None else vae_stream.decode(latents, micro).numpy()
+            frames = None if vae_stream is None else self.decode(latents, micro, vae_stream)
             if frames is not None and start + frames.shape[1] > keep:
                 frames = frames[:, : max(0, keep - start)]
             given = given_frames if with_prefix else 0

@@ -91,7 +91,10 @@ def estimate_memory(
     transformer, kv, act = parts["transformer"], parts["kv_cache"], parts["activations"]
     vae = _part_params(card, "vae", local) * b
     text = 0 if text_encoder_on_cpu or not m.has_text else _part_params(card, "text_encoder", local) * b
-    act += card.height * card.width * 128 * 8 * b  # one decoded frame through the VAE's last up block
+    # the VAE decoder's last up block: one frame (image VAE, 128 channels) or one latent frame's
+    # `frames_per_latent` frames (the Wan VAE, 96 channels), ~8 live tensors
+    width = 128 if card.frames_per_latent == 1 else 96
+    act += card.frames_per_latent * card.height * card.width * width * 8 * b
     generating = transformer + vae + kv + act
     # freed after encoding: the text encoder and the generation phase never overlap
     total = max(text + transformer + vae, generating) if free_text_encoder else generating + text
@@ -131,7 +134,7 @@ def check_fits(
         available, _ = torch.cuda.mem_get_info(device)
     if estimate["total"] <= available:
         return
-    knobs = ["keep the text encoder on the CPU"] if estimate.get("text_encoder") else []
+    knobs = ["keep the text encoder on the CPU (--text-encoder cpu)"] if estimate.get("text_encoder") else []
     knobs += [
         "use --dtype bf16 instead of fp32",
         cache_knob,
