@@ -182,8 +182,10 @@ def test_cross_selection_of_every_row_is_dense() -> None:
     model = _tiny()
     data = _data(model, blocks=3)
     dense, _ = _loop(model, *data, steps=2)
-    for opts in (AttentionOptions(sparse_cross="topk", cross_topk=16), AttentionOptions(sparse_cross="topk",
-                                                                                          cross_mass=1.0)):
+    for opts in (
+        AttentionOptions(sparse_cross="topk", cross_topk=16),
+        AttentionOptions(sparse_cross="topk", cross_mass=1.0),
+    ):
         got, _ = _loop(model, *data, opts, steps=2)
         _assert_all_close(got, dense)
     stats = AttentionStats()

@@ -98,7 +98,10 @@ def cross_attend(
         ks = k[:, :, None].expand(-1, -1, nf, -1, -1).gather(3, gather)  # (B, h, F, kk, d)
         vs = v[:, :, None].expand(-1, -1, nf, -1, -1).gather(3, gather)
         out = F.scaled_dot_product_attention(
-            q.view(B, h, nf, S, d).flatten(0, 2), ks.flatten(0, 2), vs.flatten(0, 2), attn_mask=bias.flatten(0, 2)
+            q.view(B, h, nf, S, d).flatten(0, 2),
+            ks.flatten(0, 2),
+            vs.flatten(0, 2),
+            attn_mask=bias.flatten(0, 2),
         )  # (B·h·F, S, d)
         return out.view(B, h, N, d)
 
@@ -106,9 +109,15 @@ def cross_attend(
 
 
 def _select(
-    state: CrossState, options: AttentionOptions, q: Tensor, k: Tensor, stats: AttentionStats | None, layer: int
+    state: CrossState,
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    stats: AttentionStats | None,
+    layer: int,
 ) -> tuple[Tensor, Tensor]:
-    """Rows kept per frame: q (B, h, F, S, d), k (B, h, rows, d) → index (B, h, F, kk), bias (B, h, F, 1, kk)."""
+    """Rows kept per frame: q (B, h, F, S, d), k (B, h, rows, d) → index (B, h, F, kk) and bias
+    (B, h, F, 1, kk)."""
     B, h, nf, S, d = q.shape
     rows = k.shape[2]
     base = torch.zeros(B, 1, 1, rows, dtype=q.dtype, device=q.device) if state.bias is None else state.bias

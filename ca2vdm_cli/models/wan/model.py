@@ -25,8 +25,8 @@ from ca2vdm_cli.models.wan.cache import WanKVCache
 from ca2vdm_cli.models.wan.config import WanConfig
 from ca2vdm_cli.models.wan.cross import collapse_padding, cross_attend
 from ca2vdm_cli.models.wan.layers import LayerNorm, SelfAttend, WanBlock
-from ca2vdm_cli.models.wan.tempcache import TempWanKVCache
 from ca2vdm_cli.models.wan.rope import apply_rope, rope_tables, token_freqs
+from ca2vdm_cli.models.wan.tempcache import TempWanKVCache
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,10 @@ class CausalWan(nn.Module):
         padded = F.pad(context, (0, 0, 0, self.cfg.text_len - L))  # (B, text_len, text_dim)
         text = self.text_embedding(padded.to(self.head.head.weight.dtype))  # (B, text_len, d)
         kv = [blk.cross_attn.context_kv(text) for blk in self.blocks]
-        k, v = torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])  # (layers, B, h, text_len, hd)
+        k, v = (
+            torch.stack([k for k, _ in kv]),
+            torch.stack([v for _, v in kv]),
+        )  # (layers, B, h, text_len, hd)
         if cache.options.sparse_cross == "none":
             cache.set_context(context, k, v)
         else:
@@ -285,7 +288,9 @@ def _sparse_self(
             proj = lsh_projection(q.shape[-1], opts.lsh_bits, opts.seed, layer, q.device, q.dtype)
         past_bias = None if bias is None else bias[..., :n_past]
         mode = "lsh" if opts.sparse_self == "lsh" else "topk"
-        index = build_key_index(mode, k[:, :, :n_past], past_bias, cache.always_keys(layer), opts.key_block, proj)
+        index = build_key_index(
+            mode, k[:, :, :n_past], past_bias, cache.always_keys(layer), opts.key_block, proj
+        )
         entry = (cache.written, index)
         cache.sparse[layer] = entry
     return sparse_attention(

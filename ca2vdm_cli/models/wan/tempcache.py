@@ -39,9 +39,8 @@ class TempWanKVCache(WanKVCache):
 
     def __init__(self, *, options: AttentionOptions, **kw) -> None:
         super().__init__(options=options, **kw)  # allocates through `_slots`
-        S, n, K = self.tokens_per_frame, self.block_frames, self.ring.sink
-        L, B, h, _, d = self._k.shape
-        dev, dt = self._k.device, self._k.dtype
+        S, L, B, h = self.tokens_per_frame, *self._k.shape[:3]
+        dev = self._k.device
         self.count = torch.zeros(L, B, h, self.pool, device=dev)
         self.last = torch.full((L, B, h, self.pool), -1, dtype=torch.long, device=dev)
         self.latest = torch.full((L, B, h, S), -1, dtype=torch.long, device=dev)
@@ -213,7 +212,8 @@ def _neighbourhood(grid: tuple[int, int], radius: int, device: torch.device) -> 
     """For each token position of an (h, w) grid, the positions within `radius` (−1 outside): (S, C)."""
     h, w = grid
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    dy, dx = torch.meshgrid(torch.arange(-radius, radius + 1), torch.arange(-radius, radius + 1), indexing="ij")
+    offsets = torch.arange(-radius, radius + 1)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     ny, nx = ys.flatten()[:, None] + dy.flatten(), xs.flatten()[:, None] + dx.flatten()  # (S, C)
     inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     return torch.where(inside, ny * w + nx, -1).to(device)
