@@ -13,7 +13,7 @@ from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.attention_opts import AttentionOptions
 from ca2vdm_cli.models.sparse_attention import AttentionStats
 from ca2vdm_cli.models.wan import CausalWan, WanConfig
-from ca2vdm_cli.models.wan.tempcache import TempWanKVCache
+from ca2vdm_cli.models.wan.tempcache import TempWanKVCache, tempcache_nbytes
 
 HW = (4, 4)  # latent frame: 2×2 = 4 tokens
 
@@ -138,6 +138,17 @@ def test_model_merges_duplicate_frames_exactly() -> None:
     assert max(cache.used) < 12 * cache.tokens_per_frame
 
 
+def test_max_count_caps_groups() -> None:
+    model = _tiny()
+    t_tab, h_tab, w_tab = model._rope(torch.device("cpu"))
+    model._tables[torch.device("cpu")] = (t_tab[:1].expand_as(t_tab), h_tab, w_tab)
+    clean, noisy, t, ctx = _data(model, blocks=4)
+    clean = clean[:, :, :1].expand_as(clean).contiguous()
+    opts = AttentionOptions(kv_compress="tempcache", tempcache_threshold=1 - 1e-5, tempcache_max_count=3)
+    _, cache = _loop(model, clean, noisy, t, ctx, opts)
+    assert cache.count.max() == 3 and cache.count[0].sum() == 2 * 3 * 12 * 4  # B·h·frames·S keys
+
+
 @pytest.mark.parametrize(("window", "sink", "n"), [(-1, 0, 3), (5, 1, 2), (6, 0, 3)])
 def test_threshold_one_reproduces_dense(window: int, sink: int, n: int) -> None:
     model = _tiny(local_attn_size=window, sink_size=sink, num_frame_per_block=n)
@@ -154,6 +165,11 @@ def test_tempcache_memory_does_not_grow() -> None:
     cache = model.new_cache(batch_size=1, max_frames=6, frame_shape=HW, attention=opts)
     cache.stats = AttentionStats()
     allocated, slots = cache.nbytes, cache._k.shape
+    cfg = model.cfg
+    assert allocated == tempcache_nbytes(
+        num_layers=cfg.num_layers, batch_size=1, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        tokens_per_frame=4, frames=5, dtype_bytes=4,
+    )  # fmt: skip
     for s in range(0, 24, 3):  # 24 frames through a 5-frame budget (global attention, max_frames 6)
         out = model.denoise(cache, noisy[:, :, s : s + 3], t[:, s : s + 3], ctx, s)
         assert torch.isfinite(out).all()

@@ -49,6 +49,12 @@ OPTIONS: dict[str, AttentionOptions] = {
     "tempcache-0.95-r1": AttentionOptions(
         kv_compress="tempcache", tempcache_threshold=0.95, tempcache_radius=1
     ),
+    "tempcache-0.95-max4": AttentionOptions(
+        kv_compress="tempcache", tempcache_threshold=0.95, tempcache_max_count=4
+    ),
+    "tempcache-0.99-max4": AttentionOptions(
+        kv_compress="tempcache", tempcache_threshold=0.99, tempcache_max_count=4
+    ),
     "tempcache-0.95-budget42": AttentionOptions(
         kv_compress="tempcache", tempcache_threshold=0.95, tempcache_budget_frames=42
     ),
@@ -160,7 +166,36 @@ def replay(model: CausalWan, opts: AttentionOptions, video: Tensor, ctx: Tensor,
         timer.take()
     del model._attention
     kv = {"kv_bytes_allocated": cache.nbytes, "kv_bytes_read": getattr(cache, "used_nbytes", cache.nbytes)}
-    return torch.cat(preds, 2), dict(rows), kv, cache.stats.summary()
+    return torch.cat(preds, 2), dict(rows), kv, cache.stats.summary(), cache
+
+
+def time_full_past(model: CausalWan, caches: dict, ctx: Tensor, rounds: int, seed: int) -> dict:
+    """One denoising call per option on its full replay cache, interleaved over `rounds` rounds (the CPU
+    is shared: interleaving spreads the noise evenly); min and median of the step and attention times."""
+    name0 = next(iter(caches))
+    frames, (H, W) = caches[name0].written, caches[name0].grid
+    n = model.cfg.num_frame_per_block
+    x = torch.randn(1, 16, n, 2 * H, 2 * W, generator=torch.Generator().manual_seed(seed))
+    t = torch.full((1, n), float(SELF_FORCING.timesteps()[1]))
+    timer = Timer(model)
+    times: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in caches}
+    for _ in range(rounds):
+        for name, cache in caches.items():
+            t0 = time.perf_counter()
+            model.denoise(cache, x, t, ctx, frames)
+            times[name]["step_s"].append(time.perf_counter() - t0)
+            times[name]["attention_s"].append(timer.take())
+    del model._attention
+    out = {}
+    for name, rows in times.items():
+        out[name] = {
+            f"{k}_{stat}": fn(v) for k, v in rows.items() for stat, fn in (("min", min), ("median", _median))
+        }
+    return out
+
+
+def _median(x: list[float]) -> float:
+    return sorted(x)[len(x) // 2]
 
 
 def _quarter(rows: dict[str, list[float]]) -> dict[str, float]:
@@ -256,6 +291,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=84, help="latent frames (a multiple of 3)")
     parser.add_argument("--size", type=int, default=16, help="latent height = width")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds at the full past")
     parser.add_argument("--only", nargs="*", default=None, help="option names to run (dense always runs)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tempcache/cpu.json"))
     args = parser.parse_args()
@@ -267,12 +303,12 @@ def main() -> None:
     ctx = torch.randn(1, 20, model.cfg.text_dim, generator=g)  # 20 real rows of text_len 64
     video = smooth_video(args.frames, hw, args.seed + 2)
     names = ["dense"] + [k for k in OPTIONS if k != "dense" and (args.only is None or k in args.only)]
-    results, ref, ref_replay = {}, None, None
+    results, ref, ref_replay, caches = {}, None, None, {}
     for name in names:
         opts = OPTIONS[name]
         t0 = time.perf_counter()
         latents, rows, kv, rollout_stats = rollout(model, opts, args.frames, hw, ctx, args.seed + 3)
-        preds, rrows, rkv, replay_stats = replay(model, opts, video, ctx, args.seed + 5)
+        preds, rrows, rkv, replay_stats, caches[name] = replay(model, opts, video, ctx, args.seed + 5)
         ref = latents if ref is None else ref
         ref_replay = preds if ref_replay is None else ref_replay
         per_layer, stats = teacher_forced(model, opts, video, ctx, args.seed + 4)
@@ -298,6 +334,12 @@ def main() -> None:
             [round(x, 4) for x in segments(preds, ref_replay, 4)],
             {k: round(v, 4) for k, v in per_layer.items()}, _short(stats), time.perf_counter() - t0,
         )  # fmt: skip
+    timing = time_full_past(model, caches, ctx, args.rounds, args.seed + 6)
+    for name, row in timing.items():
+        results[name]["full_past"] = row
+        log.info(
+            "%-24s full past (%d frames): %s", name, args.frames, {k: round(v, 4) for k, v in row.items()}
+        )
     meta = {
         "model": "random CausalWan: dim 128, 2 heads x 64, 2 layers, ffn 256, text_len 64, 20 real rows",
         "frames": args.frames, "latent": list(hw), "tokens_per_frame": (args.size // 2) ** 2,

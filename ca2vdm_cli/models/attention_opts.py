@@ -39,6 +39,8 @@ class AttentionOptions:
         >= tempcache_threshold; the merged slot keeps the newest key, the mean value and a count whose
         log is added to its logit. tempcache_budget_frames bounds the slots (in frames of tokens;
         None = the dense capacity); when full the slots whose newest frame is oldest are evicted.
+        tempcache_max_count caps a group's size (None = unbounded): a chain of merges drifts away from
+        its oldest members, the cap bounds that drift at the price of less compression.
     sparse_cross: "pad" collapses the prompt's identical padding rows into one key with bias
         ln(count) (exact); "topk" also keeps, per frame, the cross_topk prompt tokens (or the smallest set
         reaching cross_mass of the softmax) chosen at a block's first call and reused for its other calls.
@@ -53,6 +55,7 @@ class AttentionOptions:
     tempcache_threshold: float = 0.95
     tempcache_radius: int = 0
     tempcache_budget_frames: int | None = None
+    tempcache_max_count: int | None = None
     sparse_cross: str = "none"
     cross_topk: int = 64
     cross_mass: float | None = None
@@ -74,6 +77,10 @@ class AttentionOptions:
                 f"tempcache_budget_frames must be >= 2 (or None for the dense capacity); "
                 f"got {self.tempcache_budget_frames}"
             )
+        if self.tempcache_max_count is not None and self.tempcache_max_count < 2:
+            raise ConfigError(
+                f"tempcache_max_count must be >= 2 (or None: unbounded); got {self.tempcache_max_count}"
+            )
         if self.cross_topk < 1:
             raise ConfigError(f"cross_topk must be >= 1; got {self.cross_topk}")
         if self.cross_mass is not None:
@@ -93,7 +100,12 @@ class AttentionOptions:
         d = asdict(self)
         keep = {"kv_compress", "sparse_cross", "sparse_self"}
         if self.kv_compress == "tempcache":
-            keep |= {"tempcache_threshold", "tempcache_radius", "tempcache_budget_frames"}
+            keep |= {
+                "tempcache_threshold",
+                "tempcache_radius",
+                "tempcache_budget_frames",
+                "tempcache_max_count",
+            }
         if self.sparse_cross == "topk":
             keep |= {"cross_mass"} if self.cross_mass is not None else {"cross_topk"}
         if self.sparse_self != "none":

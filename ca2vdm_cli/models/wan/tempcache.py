@@ -145,6 +145,9 @@ class TempWanKVCache(WanKVCache):
         best, which = cos.max(-1)  # (B, h, S)
         target = cand.gather(3, which[..., None])[..., 0]  # (B, h, S)
         accept = best >= tau
+        cap = self.options.tempcache_max_count
+        if cap is not None:
+            accept &= self.count[layer].gather(2, target.clamp(min=0)) < cap
         # one claim per old slot: the most similar new key wins, ties go to the lowest position
         score = torch.where(accept, best, -3.0)
         top = torch.full((B, h, self.pool), -3.0, device=kf.device)
@@ -208,6 +211,17 @@ class TempWanKVCache(WanKVCache):
         return {} if self.stats is None else self.stats.summary().get("merge_rate", {})
 
 
+def tempcache_nbytes(
+    *, num_layers: int, batch_size: int, num_heads: int, head_dim: int, tokens_per_frame: int,
+    frames: int, dtype_bytes: int,
+) -> int:  # fmt: skip
+    """Allocated bytes of a TempCache pool of `frames` frames (what `TempWanKVCache.nbytes` reports): the
+    K/V slots plus a float32 count and an int64 frame per slot and an int64 pointer per token position."""
+    slots = num_layers * batch_size * num_heads * frames * tokens_per_frame
+    latest = num_layers * batch_size * num_heads * tokens_per_frame
+    return 2 * slots * head_dim * dtype_bytes + slots * (4 + 8) + latest * 8
+
+
 def _neighbourhood(grid: tuple[int, int], radius: int, device: torch.device) -> Tensor:
     """For each token position of an (h, w) grid, the positions within `radius` (−1 outside): (S, C)."""
     h, w = grid
@@ -224,4 +238,4 @@ def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) ->
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-__all__ = ["AttentionStats", "TempWanKVCache", "attention_with_bias"]
+__all__ = ["AttentionStats", "TempWanKVCache", "attention_with_bias", "tempcache_nbytes"]
