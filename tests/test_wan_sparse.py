@@ -83,6 +83,11 @@ def test_options_dict_and_support() -> None:
         AttentionOptions.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match="needs text cross-attention, which sprites does not have"):
         AttentionOptions(sparse_cross="pad").check_supported(model="sprites", has_text=False)
+    with pytest.raises(ConfigError, match="sparse_self='lsh' is not implemented for CausalSTDiT"):
+        AttentionOptions(sparse_self="lsh").check_supported(
+            model="CausalSTDiT", has_text=True, implemented=()
+        )
+    AttentionOptions().check_supported(model="CausalSTDiT", has_text=False, implemented=())
     with pytest.raises(ConfigError, match="position_mode='relative'"):
         _tiny().new_cache(
             batch_size=1, max_frames=6, frame_shape=HW, position_mode="relative",

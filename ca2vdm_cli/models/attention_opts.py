@@ -122,8 +122,20 @@ class AttentionOptions:
             raise ConfigError(f"unknown attention option(s) {bad}; known: {sorted(known)}")
         return cls(**d)
 
-    def check_supported(self, *, model: str, has_text: bool, absolute_positions: bool = True) -> None:
-        """Raise one ConfigError naming the first option `model` cannot use."""
+    def check_supported(
+        self,
+        *,
+        model: str,
+        has_text: bool,
+        absolute_positions: bool = True,
+        implemented: tuple[str, ...] = ("kv_compress", "sparse_cross", "sparse_self"),
+    ) -> None:
+        """Raise one ConfigError naming the first option `model` cannot use; `implemented` lists the
+        options the model's attention path has (CausalSTDiT: none yet)."""
+        for name in ("kv_compress", "sparse_cross", "sparse_self"):
+            value = getattr(self, name)
+            if value != "none" and name not in implemented:
+                raise ConfigError(f"{name}={value!r} is not implemented for {model}; use {name}='none'")
         if self.sparse_cross != "none" and not has_text:
             raise ConfigError(
                 f"sparse_cross={self.sparse_cross!r} needs text cross-attention, which {model} does not "

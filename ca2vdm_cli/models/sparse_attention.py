@@ -107,6 +107,8 @@ class KeyIndex:
     summary: Tensor  # lsh: (B, h, nK, 2^b); topk: (B, h, nK, d)
     counts: Tensor  # (B, h, nK) keys per block (for the density)
     proj: Tensor | None  # lsh projection (d, b)
+    always: Tensor  # (B, h, M) bool: the always-dense past keys
+    always_idx: Tensor  # (B, h, n_always) their indices (the same count in every (b, h) row)
 
 
 def build_key_index(
@@ -135,7 +137,10 @@ def build_key_index(
     else:
         ks = _pad_to(k, key_block, 2) * valid_sorted[..., None]  # natural order
         summary = ks.view(B, h, nK, key_block, d).sum(3) / counts[..., None].clamp(min=1)
-    return KeyIndex(order, valid_sorted, summary, counts, proj)
+    always = always.expand(B, h, M)
+    n_always = int(always[0, 0].sum())  # one host sync per block and layer
+    always_idx = torch.sort((~always).to(torch.int8), dim=-1, stable=True).indices[..., :n_always]
+    return KeyIndex(order, valid_sorted, summary, counts, proj, always, always_idx)
 
 
 def _select(mode: str, q_blocks: Tensor, q_valid: Tensor, index: KeyIndex, density: float) -> Tensor:
@@ -164,7 +169,6 @@ def sparse_attention(
     v: Tensor,
     n_past: int,
     bias: Tensor | None,
-    always: Tensor,
     index: KeyIndex,
     *,
     mode: str,
@@ -175,7 +179,7 @@ def sparse_attention(
     layer: int = 0,
 ) -> Tensor:
     """Attention of q (B, h, N, d) over k, v (B, h, n_past + N_own, d): the selected past key blocks, the
-    always-dense past keys (`always`, (B|1, h|1, n_past)) and the own keys; bias (B, h, 1, n_past + N_own)
+    always-dense past keys (`index.always`) and the own keys; bias (B, h, 1, n_past + N_own)
     or None. Returns (B, h, N, d)."""
     B, h, N, d = q.shape
     # queries in LSH-bucket order (lsh) or natural order, padded to query blocks
@@ -200,9 +204,7 @@ def sparse_attention(
     src = index.order.gather(2, flat).clamp(max=max(n_past - 1, 0))  # past slot of each gathered key
     ok = index.valid.gather(2, flat) & block_ok.repeat_interleave(key_block, -1).flatten(2)
     # the always-dense keys (same count in every (b, h) row by construction) and the own block
-    alw = always.expand(B, h, n_past)
-    n_alw = int(alw[0, 0].sum())
-    a_idx = torch.sort((~alw).to(torch.int8), dim=-1, stable=True).indices[..., :n_alw]  # (B, h, n_alw)
+    alw, a_idx = index.always, index.always_idx  # (B, h, n_past), (B, h, n_always)
     own = torch.arange(n_past, k.shape[2], device=q.device).expand(B, h, -1)  # (B, h, N_own)
     dense_idx = torch.cat([a_idx, own], 2)  # (B, h, D)
     idx = torch.cat([src.view(B, h, nQ, -1), dense_idx[:, :, None].expand(-1, -1, nQ, -1)], 3)  # (B,h,nQ,Kt)

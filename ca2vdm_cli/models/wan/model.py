@@ -294,7 +294,7 @@ def _sparse_self(
         entry = (cache.written, index)
         cache.sparse[layer] = entry
     return sparse_attention(
-        q, k, v, n_past, bias, cache.always_keys(layer), entry[1],  # type: ignore[arg-type]
+        q, k, v, n_past, bias, entry[1],  # type: ignore[arg-type]
         mode="lsh" if opts.sparse_self == "lsh" else "topk", query_block=opts.query_block,
         key_block=opts.key_block, density=opts.topk_density, stats=cache.stats, layer=layer,
     )  # fmt: skip

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.attention_opts import AttentionOptions
-from ca2vdm_cli.models.sparse_attention import AttentionStats
 from ca2vdm_cli.models.wan.cache import WanKVCache
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class TempWanKVCache(WanKVCache):
         first = torch.full((B, h, self.pool), S, device=kf.device, dtype=torch.long)
         first.scatter_reduce_(2, target.clamp(min=0), torch.where(accept, pos, S), "amin")
         accept &= pos == first.gather(2, target.clamp(min=0))
-        slot = torch.where(accept, target, self._free_slots(layer, f, accept, target))  # (B, h, S)
+        slot = torch.where(accept, target, self._free_slots(layer, accept, target))  # (B, h, S)
         old_count = torch.where(accept, self.count[layer].gather(2, slot), 0.0)  # (B, h, S)
         old_v = self._v[layer].gather(2, slot[..., None].expand(-1, -1, -1, d))
         count = old_count + 1
@@ -168,8 +167,11 @@ class TempWanKVCache(WanKVCache):
         stats = self.stats
         if stats is not None:
             stats.add("merge_rate", layer, accept.sum(), accept.numel())
+        if log.isEnabledFor(logging.DEBUG):  # the count costs a host sync: only when asked for
+            log.debug("tempcache layer %d frame %d: merged %d/%d keys, %d slots used of %d",
+                      layer, f, int(accept.sum()), accept.numel(), self.used[layer], self.pool)  # fmt: skip
 
-    def _free_slots(self, layer: int, f: int, accept: Tensor, target: Tensor) -> Tensor:
+    def _free_slots(self, layer: int, accept: Tensor, target: Tensor) -> Tensor:
         """A slot per unmerged position (B, h, S): empty slots first (lowest index), then the slots whose
         newest frame is oldest; sinks and the slots merged into by this frame are never taken."""
         B, h, S = accept.shape
@@ -231,11 +233,3 @@ def _neighbourhood(grid: tuple[int, int], radius: int, device: torch.device) -> 
     ny, nx = ys.flatten()[:, None] + dy.flatten(), xs.flatten()[:, None] + dx.flatten()  # (S, C)
     inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     return torch.where(inside, ny * w + nx, -1).to(device)
-
-
-def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    """SDPA with an additive (B, h, 1, M) logit bias broadcast over the queries (dense when None)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-
-
-__all__ = ["AttentionStats", "TempWanKVCache", "attention_with_bias", "tempcache_nbytes"]
