@@ -247,3 +247,18 @@ def test_sparse_self_records_density_and_mass(mode: str) -> None:
     assert all(0 < v <= 1 + 1e-6 for v in summary["retained_mass"].values())
     assert all(torch.isfinite(x).all() for x in got)
     assert not torch.allclose(got[-1], dense[-1], atol=1e-6)
+
+
+def test_all_options_bf16_window_smoke() -> None:
+    """bf16 (the released dtype) in window + sink mode with every option on, through a small budget."""
+    model = _tiny(local_attn_size=7, sink_size=1, num_frame_per_block=2).to(torch.bfloat16)
+    clean, noisy, t, ctx = (x.to(torch.bfloat16) for x in _data(model, blocks=8, B=2, hw=(8, 8)))
+    opts = AttentionOptions(
+        kv_compress="tempcache", tempcache_threshold=0.9, tempcache_budget_frames=4, tempcache_max_count=3,
+        sparse_cross="topk", cross_topk=2, sparse_self="lsh", lsh_bits=4, query_block=8, key_block=8,
+    )  # fmt: skip
+    outs, cache = _loop(model, clean, noisy, t, ctx, opts, stats=AttentionStats(), steps=2)
+    assert all(o.dtype == torch.bfloat16 and torch.isfinite(o).all() for o in outs)
+    assert max(cache.used) <= cache.pool == 4 * 16 and cache.count.max() <= 3
+    frames = cache.last[cache.count > 0]
+    assert frames.min() >= 0 and (frames[frames >= 1] >= 16 - 4).all()  # the sink or the 4 recent frames
