@@ -11,7 +11,7 @@ from ca2vdm_cli.engine.noise import seeded_noise
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.wan import CausalWan, WanConfig
 from ca2vdm_cli.models.wan.family import FlowSampler, WanSampling, sample_video
-from ca2vdm_cli.sampling.flow import CAUSVID, SELF_FORCING, sample_block
+from ca2vdm_cli.sampling.flow import CAUSVID, SELF_FORCING, FlowSchedule, sample_block
 
 FRAME = (2, 2)  # latent 2x2 -> one token per frame with the 2x2 patch: cheap
 
@@ -30,14 +30,28 @@ def context(model, batch=1):
     return torch.randn(batch, 5, model.cfg.text_dim, generator=torch.Generator().manual_seed(1))
 
 
+def sampling(model, schedule: FlowSchedule = SELF_FORCING, **changes):
+    """The run settings of `model`: its own block, window and sink, and the schedule as card data."""
+    cfg = model.cfg
+    return WanSampling(
+        timesteps=schedule.steps,
+        shift=schedule.shift,
+        warp=schedule.warp,
+        chunk=cfg.num_frame_per_block,
+        window=cfg.local_attn_size,
+        sink_frames=cfg.sink_size,
+        **changes,
+    )
+
+
 def video(model, engine, frames=6, seeds=(0,), schedule=SELF_FORCING, max_frames=8):
     chunks = sample_video(
         model,
-        WanSampling(schedule=schedule, max_frames=max_frames),
+        sampling(model, schedule, max_frames=max_frames),
         num_frames=frames,
         seeds=list(seeds),
-        frame_shape=FRAME,
-        context=context(model, len(seeds)),
+        latent_size=FRAME,
+        y=context(model, len(seeds)),
         engine=engine,
     )
     return torch.cat(list(chunks), dim=2)
@@ -75,11 +89,11 @@ def test_seeds_are_independent_of_the_batch():
         list(
             sample_video(
                 model,
-                WanSampling(max_frames=8),
+                sampling(model, max_frames=8),
                 num_frames=4,
                 seeds=[5, 3],
-                frame_shape=FRAME,
-                context=context(model).expand(2, -1, -1).contiguous(),
+                latent_size=FRAME,
+                y=context(model).expand(2, -1, -1).contiguous(),
             )
         ),
         dim=2,
@@ -92,6 +106,8 @@ def test_bad_settings_are_one_clear_error():
     with pytest.raises(ConfigError, match="blocks of 2 latent frames; use 4"):
         video(model, "cache", frames=3)
     with pytest.raises(ConfigError, match="without classifier-free guidance"):
-        WanSampling(cfg_scale=5.0).validate(model)
+        sampling(model, cfg_scale=5.0).validate(model.cfg)
+    with pytest.raises(ConfigError, match="trained with blocks of 2 latent frames"):
+        WanSampling(chunk=3).validate(model.cfg)
     with pytest.raises(ConfigError, match="engine 'fast'"):
         video(model, "fast")

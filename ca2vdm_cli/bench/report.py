@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ca2vdm_cli.models.stdit.flops import RunFlops
+from ca2vdm_cli.models.costs import RunFlops
 
 
 @dataclass

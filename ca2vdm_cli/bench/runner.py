@@ -35,18 +35,18 @@ from ca2vdm_cli.engine.noise import seeded_noise
 from ca2vdm_cli.engine.pipeline import Pipeline
 from ca2vdm_cli.engine.request import CheckedInputs, GenerateRequest, ProgressEvent
 from ca2vdm_cli.errors import InputError
-from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser
-from ca2vdm_cli.models.stdit.flops import run_flops
+from ca2vdm_cli.models import FAMILY_NAMES, spec
 
 logger = logging.getLogger(__name__)
 
 PER_STEP_CACHE = "per-step-cache"
 DEFAULT_PROMPT = "a red circle moving right"
+ALL_ENGINES = tuple(dict.fromkeys(e for name in FAMILY_NAMES for e in spec(name).ENGINES))
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    engines: tuple[str, ...] = ENGINES
+    engines: tuple[str, ...] | None = None  # None: every engine of the model's family
     frames: int = 80  # generated frames after the given frame: K = 10 AR steps of 8
     steps: int | None = None  # denoising steps per chunk; None = the model's default
     seed: int = 0
@@ -61,9 +61,10 @@ class BenchOptions:
 
     def validate(self) -> None:
         """InputError naming the first bad option (cheap: call before loading a model)."""
-        unknown = [e for e in self.engines if e not in ENGINES]
-        if unknown or not self.engines:
-            raise InputError(f"--engines {','.join(self.engines)}: choose from {', '.join(ENGINES)}")
+        engines = self.engines if self.engines is not None else ALL_ENGINES
+        unknown = [e for e in engines if e not in ALL_ENGINES]
+        if unknown or not engines:
+            raise InputError(f"--engines {','.join(engines)}: choose from {', '.join(ALL_ENGINES)}")
         if self.frames < 1:
             raise InputError(f"--frames {self.frames}: generate at least one frame")
         if self.stat not in ("median", "min"):
@@ -87,23 +88,38 @@ class Bench:
         self.progress = progress or (lambda line: None)
         self.device = next(setup.model.parameters()).device
         self.dtype = next(setup.model.parameters()).dtype
-        self.chunks = chunk_lengths(options.frames, self.sampling.chunk)
         self.memory = PeakMemory(self.device)
         caption = self._caption if setup.model.config.has_text and setup.text_encoder is None else None
         self.pipeline = Pipeline(setup.components(self.sampling), accel=options.accel, encode_caption=caption)
-        self.rows = self.pipeline.family.model_rows(self.sampling, 1)
+        self.family = self.pipeline.family
+        engines = options.engines if options.engines is not None else self.family.ENGINES
+        bad = [e for e in engines if e not in self.family.ENGINES]
+        if bad:
+            raise InputError(
+                f"--engines {','.join(engines)}: a {setup.family} model runs {', '.join(self.family.ENGINES)}"
+            )
+        self.engine_names = tuple(engines)
+        self.given_frames = 1 if setup.accepts_images else 0  # text-to-video families start from nothing
+        n = self.sampling.chunk
+        if self.family.WHOLE_BLOCKS:  # whole trained blocks: --frames rounds up
+            self.chunks = [n] * -(-options.frames // n)
+        else:
+            self.chunks = chunk_lengths(options.frames, n)
+        self.rows = self.family.model_rows(self.sampling, 1)
 
     def run(self) -> Report:
         opts = self.options
         environment = describe(self.device)
         # the pipeline's own denoisers, accelerated as `generate --compile` would be
-        engines = {name: self.pipeline.denoiser(name, self.sampling, 1) for name in opts.engines}
-        given = self._given_frame()
+        engines = {name: self.pipeline.denoiser(name, self.sampling, 1) for name in self.engine_names}
+        given = self._given_frame() if self.given_frames else None
         traced: dict[str, list[Run]] = {name: [] for name in engines}
         trace = self.device.type != "cuda"  # CPU working memory comes from a traced untimed run
         if opts.warmup_steps > 0 or trace:
             minimum = 2 if self.sampling.sampler == "iddpm" else 1
-            warm = self.sampling.replace(steps=max(opts.warmup_steps, minimum))
+            warm = self.sampling  # a few-step flow model runs its own list
+            if self.sampling.sampler in ("iddpm", "ddim"):
+                warm = self.sampling.replace(steps=max(opts.warmup_steps, minimum))
             for name, engine in engines.items():
                 run = self._run_once(engine, given, warm, trace=trace)
                 traced[name] = [run] if trace else []
@@ -140,20 +156,21 @@ class Bench:
 
     def _caption(self, prompts: list[str]) -> tuple[Tensor | None, Tensor | None]:
         """Caption features of T5's shape standing in for a text encoder (random weights, no encoder)."""
-        cfg = self.setup.model.config
-        N = cfg.model_max_length
-        y = seeded_noise([self.options.seed], "bench-caption", 0, (N, cfg.caption_channels)).to(self.device)
+        N, C = self.family.caption_shape(self.setup.model.config)
+        y = seeded_noise([self.options.seed], "bench-caption", 0, (N, C)).to(self.device)
         return y, torch.ones(1, N, device=self.device)
 
-    def _prefix(self, given: np.ndarray) -> Tensor:
+    def _prefix(self, given: np.ndarray | None) -> Tensor | None:
         """The given frame's latents (1, c, 1, h, w): through the VAE, or seeded latents without one."""
+        if given is None:
+            return None
         if self.setup.vae is not None:
             return self.pipeline.encode_images(given, [self.options.seed])
-        cfg = self.setup.model.config
-        prefix = seeded_noise([self.options.seed], "bench-latent", 0, (cfg.in_channels, 1, *cfg.latent_size))
-        return prefix.to(self.device)
+        card = self.pipeline.card
+        shape = (card.latent_channels, 1, *card.latent_size)
+        return seeded_noise([self.options.seed], "bench-latent", 0, shape).to(self.device)
 
-    def _run_once(self, engine: Any, given: np.ndarray, sampling: Any, trace: bool = False) -> Run:
+    def _run_once(self, engine: Any, given: np.ndarray | None, sampling: Any, trace: bool = False) -> Run:
         """One timed generation through the pipeline, with `engine` as its denoiser. Clock marks: start,
         given frame encoded, caption encoded, then per AR step its end ("denoised") and the end of its
         decoding (the chunk handed over)."""
@@ -186,7 +203,8 @@ class Bench:
                     step_peaks.append(memory.peak() - starts[-1])
 
         inputs = CheckedInputs(sampling, None, self.chunks)
-        request = GenerateRequest(prompt=opts.prompt, frames=1 + opts.frames, seed=opts.seed)
+        frames = self.given_frames + sum(self.chunks)
+        request = GenerateRequest(prompt=opts.prompt, frames=frames, seed=opts.seed)
         with tracer if tracer is not None else contextlib.nullcontext():
             clock.mark()  # 0: start
             prefix = self._prefix(given)
@@ -222,8 +240,8 @@ class Bench:
 
     # ------------------------------------------------------------------ results
     def _first_full(self) -> int:
-        """Index of the first AR step that denoises against a full queue (1 given frame + chunks)."""
-        written = 1
+        """Index of the first AR step that denoises against a full queue (given frames + chunks)."""
+        written = self.given_frames
         for k, n in enumerate(self.chunks):
             if written >= self.sampling.cache_frames:
                 return k
@@ -238,34 +256,31 @@ class Bench:
         traced: list[Run],
         peak: float | None,
     ) -> EngineResult:
-        flops = run_flops(
+        flops = self.family.run_flops(
             self.setup.model.config,
             name,
             rows=self.rows,
-            prefix_frames=1,
+            prefix_frames=self.given_frames,
             chunks=self.chunks,
-            steps=self.sampling.steps,
-            cache_frames=self.sampling.cache_frames,
+            sampling=self.sampling,
+            latent_size=self.pipeline.card.latent_size,
         )
-        cache = engine.cache if isinstance(engine, CacheDenoiser) else None
+        cache = getattr(engine, "cache", None)  # the no-cache baselines hold none
         kv = 0 if cache is None else cache.nbytes
-        scratch = 0 if cache is None else cache.scratch_nbytes
+        scratch = getattr(cache, "scratch_nbytes", 0)
         result = EngineResult(name, runs, flops, kv, scratch, self.options.stat, memory_runs=traced)
-        result.summary = summarise(result, self.options.frames, self._first_full(), peak)
+        result.summary = summarise(result, sum(self.chunks), self._first_full(), peak)
         return result
 
     def _per_step_cache(self, engines: dict[str, Any]) -> dict[str, Any]:
         """Accounting only: one K|V slice per denoising step (Live2Diff-style) instead of one shared one."""
         cache = engines["cache"].cache if "cache" in engines else None
-        if cache is None:
-            model = self.setup.model
-            with torch.device("meta"):
-                cache = model.new_cache(self.rows, self.sampling.cache_frames)
+        shared = cache.nbytes if cache is not None else self.pipeline.cache_bytes(self.sampling)
         steps = self.sampling.steps
         return {
             "denoising_steps": steps,
-            "kv_cache_bytes": steps * cache.nbytes,
-            "shared_cache_bytes": cache.nbytes,
+            "kv_cache_bytes": steps * shared,
+            "shared_cache_bytes": shared,
         }
 
     def _settings(self) -> dict[str, Any]:
@@ -275,12 +290,18 @@ class Bench:
             "weights": setup.source,
             "params": setup.params,
             "model_config": setup.model.config.to_dict(),
-            "sampling": self.sampling.to_dict(),
+            "sampling": {  # the family's settings + the names every family answers to
+                **self.sampling.to_dict(),
+                "steps": self.sampling.steps,
+                "sampler": self.sampling.sampler,
+                "cache_frames": self.sampling.cache_frames,
+            },
             "resolution": [setup.height, setup.width],
-            "given_frames": 1,
-            "generated_frames": opts.frames,
+            "family": setup.family,
+            "given_frames": self.given_frames,
+            "generated_frames": sum(self.chunks),
             "chunks": self.chunks,
-            "engines": list(opts.engines),
+            "engines": list(self.engine_names),
             "dtype": str(self.dtype).removeprefix("torch."),
             "acceleration": opts.accel.label,
             "compile": opts.accel.compile,

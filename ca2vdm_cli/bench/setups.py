@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from ca2vdm_cli.errors import InputError
+from ca2vdm_cli.models import family
 from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models.wan.config import WanConfig
+from ca2vdm_cli.models.wan.spec import WanSampling
 from ca2vdm_cli.store.card import ModelCard, read_card
 from ca2vdm_cli.store.modeldir import Components
 from ca2vdm_cli.store.presets import DEFAULT_MODEL
@@ -53,14 +55,17 @@ TINY_VAE = dict(
 class Arch:
     """A built-in architecture: model and sampling configs, frame size, and the random parts around it."""
 
-    model: ModelConfig
-    sampling: SamplingConfig
-    size: int  # frame height = width in pixels
+    model: Any  # the family's architecture config
+    sampling: Any  # the family's sampling config
+    size: int  # frame height in pixels (= width unless `width` is given)
     vae: dict[str, Any] | None  # AutoencoderKL kwargs; None: no VAE (latents only)
     vae_scaling: float
     text_model: dict[str, Any] | None  # T5Config kwargs of a random text encoder (ByT5 tokenizer); None: none
     description: str
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "stdit"
+    width: int | None = None
+    downsample: int | None = None  # pixels per latent pixel when there is no VAE to say it
 
 
 _XL2 = ModelConfig(mask_channel=True)  # CausalSTDiT2-XL/2, T5 text, prev_frames_3, mask channel, cyclic 33
@@ -112,6 +117,31 @@ ARCHS: dict[str, Arch] = {
         dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4),
         "smoke-test model (the test suite's size)",
     ),
+    # the causal Wan family: latents only (the Wan VAE is not a random-weight part), T5-shaped prompts
+    "wan-tiny": Arch(
+        WanConfig.tiny(),
+        WanSampling(max_frames=24),
+        128,
+        None,
+        1.0,
+        None,
+        "causal Wan layout at width 192, 4 layers, 16x16 latents (2.3 M parameters), global attention",
+        family="wan",
+        downsample=8,
+    ),
+    "wan-1.3b": Arch(
+        WanConfig.wan_1_3b(),
+        WanSampling(),
+        480,
+        None,
+        1.0,
+        None,
+        "Wan2.1-T2V-1.3B causal DiT (1.42 B), 480x832 (60x104 latents), blocks of 3, global attention "
+        "over 21 latent frames",
+        family="wan",
+        width=832,
+        downsample=8,
+    ),
 }
 
 
@@ -121,8 +151,8 @@ class BenchSetup:
 
     name: str
     source: str  # where the weights came from, in words
-    model: CausalSTDiT
-    sampling: SamplingConfig
+    model: Any  # the family's transformer
+    sampling: Any
     height: int
     width: int
     vae: Any | None = None
@@ -130,34 +160,42 @@ class BenchSetup:
     text_encoder: Any | None = None
     tokenizer: Any | None = None
     text_max_length: int = 120
+    family: str = "stdit"
+    downsample: int | None = None  # pixels per latent pixel (None: from the STDiT latent size)
+    accepts_images: bool = True
 
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def components(self, sampling: SamplingConfig) -> Components:
+    def components(self, sampling: Any) -> Components:
         """What the pipeline runs: these networks under a card that describes them."""
         cfg = self.model.config
+        stdit = self.family == "stdit"
         card = ModelCard(
             name=self.name,
+            family=self.family,
             model=cfg,
             sampling=sampling,
             height=self.height,
             width=self.width,
             vae_scaling_factor=self.vae_scaling,
-            vae_downsample=self.height // cfg.latent_size[0],
-            text_max_length=self.text_max_length if cfg.has_text else cfg.model_max_length,
+            vae_downsample=self.downsample or self.height // cfg.latent_size[0],
+            text_max_length=self.text_max_length if cfg.has_text or not stdit else cfg.model_max_length,
             text_to_video=True,
+            accepts_images=self.accepts_images,
         )
         return Components(card, self.model, self.vae, self.text_encoder, self.tokenizer, None)
 
 
-def random_transformer(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int) -> CausalSTDiT:
-    """CausalSTDiT with the official initialisation, except that the zero-initialised projections get
-    small random values too (all-zero weights can make some hardware look faster than it is)."""
+def random_transformer(
+    cfg: Any, device: torch.device, dtype: torch.dtype, seed: int, family_name: str = "stdit"
+) -> Any:
+    """The family's transformer with its official initialisation, except that the zero-initialised
+    projections get small random values too (all-zero weights can make some hardware look faster)."""
     torch.manual_seed(seed)
     with torch.device(device):
-        model = CausalSTDiT(cfg)
+        model = family(family_name).build_model(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -218,11 +256,14 @@ def _arch_setup(arch: str, device: torch.device, dtype: torch.dtype, seed: int) 
     if arch not in ARCHS:
         raise InputError(f"--arch {arch!r} is not one of {', '.join(ARCHS)}")
     spec = ARCHS[arch]
-    model = random_transformer(spec.model, device, dtype, seed)
+    model = random_transformer(spec.model, device, dtype, seed, spec.family)
+    width = spec.width or spec.size
     setup = BenchSetup(
-        arch, "random weights", model, spec.sampling, spec.size, spec.size, vae_scaling=spec.vae_scaling
+        arch, "random weights", model, spec.sampling, spec.size, width, vae_scaling=spec.vae_scaling
     )
-    setup.text_max_length = spec.model.model_max_length
+    setup.family, setup.downsample = spec.family, spec.downsample
+    setup.accepts_images = spec.family == "stdit"
+    setup.text_max_length = family(spec.family).caption_shape(spec.model)[0]
     if spec.vae is not None:
         setup.vae = _random_vae(spec.vae, spec.size, device, dtype, seed)
     if spec.text_model is not None and spec.model.has_text:
@@ -239,10 +280,15 @@ def _arch_setup(arch: str, device: torch.device, dtype: torch.dtype, seed: int) 
 
 def _card_setup(card: ModelCard, device: torch.device, dtype: torch.dtype, seed: int) -> BenchSetup:
     """A preset whose files are not here: random transformer, and the SD VAE architecture when it fits."""
-    model = random_transformer(card.model, device, dtype, seed)
+    model = random_transformer(card.model, device, dtype, seed, card.family)
     setup = BenchSetup(card.name, "random weights (no files)", model, card.sampling, card.height, card.width)
     setup.vae_scaling, setup.text_max_length = card.vae_scaling_factor, card.text_max_length
-    if card.vae_downsample == 8 and card.model.in_channels == 4:
+    setup.family, setup.downsample, setup.accepts_images = (
+        card.family,
+        card.vae_downsample,
+        card.accepts_images,
+    )
+    if card.family == "stdit" and card.vae_downsample == 8 and card.model.in_channels == 4:
         setup.vae = _random_vae(SD_VAE, card.height, device, dtype, seed)
     return setup
 
@@ -262,7 +308,9 @@ def _dir_setup(
     text_device = torch.device("cpu") if text_on_cpu else None
     parts = load_model_dir(path, device, dtype, text_device=text_device, text_dtype=None)
     source = f"random transformer weights, VAE/text encoder from {path}" if random_weights else str(path)
-    model = random_transformer(card.model, device, dtype, seed) if random_weights else parts.model
+    model = (
+        random_transformer(card.model, device, dtype, seed, card.family) if random_weights else parts.model
+    )
     return BenchSetup(
         card.name,
         source,
@@ -275,6 +323,9 @@ def _dir_setup(
         parts.text_encoder,
         parts.tokenizer,
         card.text_max_length,
+        card.family,
+        card.vae_downsample,
+        card.accepts_images,
     )
 
 

@@ -30,7 +30,8 @@ EPILOG = (
     "  find shots -name '*.png' | jq -Rc '{prompt: \"a sky timelapse\", image: .}' | ca2vdm batch -\n"
     "  torchrun --standalone --nproc-per-node=8 -m ca2vdm_cli batch jobs.jsonl --out-dir renders/\n\n"
     "A line is a prompt, or a JSON object with prompt, image, frames, seed, out, steps, sampler, cfg_scale, "
-    "chunk, cache_frames, prefix_perturb_t, fps; blank lines and # comments are skipped. Outputs are named "
+    "chunk, cache_frames, window, sink_frames, positions, prefix_perturb_t, fps; blank lines and # "
+    "comments are skipped. Outputs are named "
     "<prompt-slug>-<hash>-s<seed>.mp4 unless the item gives 'out'. Running the same batch again skips "
     "finished videos and resumes interrupted ones from their last finished chunk."
 )
@@ -67,6 +68,9 @@ def batch(
     cfg_scale: options.CfgScale = None,
     chunk: options.Chunk = None,
     cache_frames: options.CacheFrames = None,
+    window: options.Window = None,
+    sink_frames: options.SinkFrames = None,
+    positions: options.Positions = None,
     prefix_perturb_t: options.PrefixPerturbT = None,
     device: options.Device = None,
     dtype: options.Dtype = None,
@@ -100,6 +104,9 @@ def batch(
         "cfg_scale": cfg_scale,
         "chunk": chunk,
         "cache_frames": cache_frames,
+        "window": window,
+        "sink_frames": sink_frames,
+        "positions": positions,
         "prefix_perturb_t": prefix_perturb_t,
         "device": device,
         "dtype": dtype,

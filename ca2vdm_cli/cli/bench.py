@@ -30,21 +30,34 @@ def bench(
     arch: Annotated[
         str | None,
         typer.Option(
-            help="Built-in architecture with random weights, no files: xl2-256, xl2-512, small, tiny."
+            help="Built-in architecture with random weights, no files: xl2-256, xl2-512, small, tiny, "
+            "wan-tiny, wan-1.3b."
         ),
     ] = None,
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Random transformer weights (timing needs no training).")
     ] = False,
     frames: Annotated[
-        int, typer.Option(min=1, help="Frames generated after the one given frame (80 = 10 AR steps of 8).")
+        int,
+        typer.Option(
+            min=1,
+            help="Frames generated after the one given frame (80 = 10 AR steps of 8); causal Wan: latent "
+            "frames from text alone, rounded up to whole blocks.",
+        ),
     ] = 80,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Denoising steps per chunk (default: the model's).")
     ] = None,
     engines: Annotated[
-        str, typer.Option(help="Comma-separated engines: cache, recompute, recompute-full.")
-    ] = "cache,recompute,recompute-full",
+        str | None,
+        typer.Option(
+            help="Comma-separated engines: cache, recompute, recompute-full (CausalSTDiT); cache, recompute "
+            "(causal Wan). [default: all of the model's]"
+        ),
+    ] = None,
+    window: options.Window = None,
+    sink_frames: options.SinkFrames = None,
+    positions: options.Positions = None,
     device: options.Device = None,
     dtype: options.Dtype = None,
     compile: options.Compile = False,
@@ -94,7 +107,7 @@ def bench(
 
     quiet_libraries(debug)
 
-    names = tuple(e.strip() for e in engines.split(",") if e.strip())
+    names = None if engines is None else tuple(e.strip() for e in engines.split(",") if e.strip())
     dev = resolve_device(device or "auto")
     if cuda_graphs and dev.type != "cuda":
         raise InputError(
@@ -123,11 +136,16 @@ def bench(
         seed=seed,
         text_on_cpu=text_on_cpu,
     )
+    attention = {"window": window, "sink_frames": sink_frames, "position_mode": positions}
+    attention = {k: v for k, v in attention.items() if v is not None}
+    if attention:  # the causal Wan family's run-time attention (other families refuse it in one line)
+        setup.sampling = setup.sampling.replace(**attention)
     console = _console()
     runner = Bench(setup, options, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     console.print(
         f"bench {setup.name} ({setup.source}, {setup.params / 1e6:.1f} M params) on {dev}, "
-        f"{frames} frames, {runner.sampling.steps} steps, engines {', '.join(names)}"
+        f"{sum(runner.chunks)} frames, {runner.sampling.steps} steps, "
+        f"engines {', '.join(runner.engine_names)}"
     )
     report = runner.run().to_json()
     report["settings"]["command"] = " ".join(["ca2vdm", *sys.argv[1:]])

@@ -39,7 +39,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     )
     (height, width), sampling = settings["resolution"], settings["sampling"]
     console.print(
-        f"{settings['model']} ({settings['weights']}) · {height}x{width} · 1 given + "
+        f"{settings['model']} ({settings['weights']}) · {height}x{width} · "
+        f"{settings.get('given_frames', 1)} given + "
         f"{settings['generated_frames']} generated frames in chunks of {sampling['chunk']} · "
         f"{sampling['steps']} {sampling['sampler']} steps · queue {sampling['cache_frames']} frames"
     )

@@ -27,14 +27,13 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    from ca2vdm_cli.models.stdit.sizes import count_parameters
     from ca2vdm_cli.store.presets import cache_status, card_summary, load_preset, preset_names
 
     rows = []
     for name in preset_names():
         card = load_preset(name)
         row = card_summary(card)
-        row["params"] = f"{count_parameters(card.model) / 1e6:.1f}M"
+        row["params"] = f"{card.spec.param_count(card.model) / 1e6:.1f}M"
         row["cached"] = cache_status(card, cache_dir)
         rows.append(row)
     if as_json:

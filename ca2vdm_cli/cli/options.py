@@ -38,6 +38,24 @@ Chunk = Annotated[int | None, typer.Option(help="Frames per AR step. [default: m
 CacheFrames = Annotated[
     int | None, typer.Option(help="Clean frames kept in the KV cache. [default: model card]")
 ]
+Window = Annotated[
+    int | None,
+    typer.Option(
+        help="Causal Wan: attention window in latent frames, the block being denoised included; -1 = "
+        "global. [default: model card]"
+    ),
+]
+SinkFrames = Annotated[
+    int | None,
+    typer.Option(help="Causal Wan: first frames pinned in the window. [default: model card]"),
+]
+Positions = Annotated[
+    Literal["absolute", "relative"] | None,
+    typer.Option(
+        help="Causal Wan: RoPE time positions of cached keys; relative = unbounded rollouts. "
+        "[default: model card]"
+    ),
+]
 PrefixPerturbT = Annotated[
     int | None, typer.Option(help="Noise level (0-999) of frames written to the cache. [default: card]")
 ]

@@ -38,8 +38,15 @@ class Plan:
     @property
     def resumed_frames(self) -> int:
         """Output frames that come from the sidecar rather than from new denoising."""
+        from ca2vdm_cli.engine.request import video_frames
+
         replayed = len(self.replay)
-        return self.inputs.num_given + sum(self.inputs.chunks[:replayed]) if replayed else 0
+        if not replayed:
+            return 0
+        given, per_chunk = video_frames(
+            self.card.frames_per_latent, self.inputs.num_given, self.inputs.chunks
+        )
+        return min(self.request.frames, given + sum(per_chunk[:replayed]))
 
 
 class Interrupted(Exception):
@@ -81,6 +88,9 @@ def plan_render(
         chunk=settings.get("chunk"),
         cache_frames=settings.get("cache_frames"),
         prefix_perturb_t=settings.get("prefix_perturb_t"),
+        window=settings.get("window"),
+        sink_frames=settings.get("sink_frames"),
+        position_mode=settings.get("positions"),
     )
     inputs = check_inputs(card, request)
     out = Path(settings["out"])
@@ -163,7 +173,7 @@ def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str) -> str:
         model_dir=plan.model_dir,
         sampling=s,
     )
-    check_fits(estimate, device)
+    check_fits(estimate, device, cache_knob=plan.card.spec.CACHE_KNOB)
     return f"planned memory on {device}: {describe_estimate(estimate)}"
 
 
@@ -214,9 +224,9 @@ def describe(plan: Plan, pipeline: Any) -> str:
         f"{dtype_name(pipeline.dtype)}: weights {format_bytes(sum(weights.values()))} "
         f"(transformer {format_bytes(weights['transformer'])}, VAE {format_bytes(weights['vae'])}, "
         f"text encoder {format_bytes(weights['text_encoder'])}) + KV cache "
-        f"{format_bytes(pipeline.cache_bytes(s))} ({s.cache_frames} frames x {rows} rows); "
+        f"{format_bytes(pipeline.cache_bytes(s))} ({plan.card.spec.cache_summary(s, rows)}); "
         f"{plan.request.frames} frames = {plan.inputs.num_given} given + {len(plan.inputs.chunks)} AR steps "
-        f"of <= {s.chunk}, {s.steps} {s.sampler} steps each, seed {plan.request.seed}"
+        f"of <= {s.chunk} latent frames, {s.steps} {s.sampler} steps each, seed {plan.request.seed}"
     )
 
 

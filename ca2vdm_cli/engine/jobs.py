@@ -1,10 +1,9 @@
 """Batch job lists: parse a prompt file / JSONL / stdin into items, name their outputs deterministically
-(refusing a second item with the same output), and shard them across ranks. Pure Python (no torch).
-
-Each line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`,
-`frames`, `seed`, `out`, `steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `prefix_perturb_t`,
-`fps`); blank lines and `#` comments are skipped. A line that cannot be used becomes an item carrying
-its error, so the batch reports it and goes on.
+(refusing a second item with the same output), and shard them across ranks. Pure Python (no torch). Each
+line is either a plain prompt or (starting with `{`) a JSON object (`prompt`, optional `image`, `frames`,
+`seed`, `out`, `steps`, `cfg_scale`, `sampler`, `chunk`, `cache_frames`, `window`, `sink_frames`,
+`positions`, `prefix_perturb_t`, `fps`); blank lines and `#` comments are skipped. A line that cannot be
+used becomes an item carrying its error, so the batch reports it and goes on.
 """
 
 from __future__ import annotations
@@ -30,6 +29,9 @@ ITEM_KEYS: dict[str, type | tuple[type, ...]] = {
     "sampler": str,
     "chunk": int,
     "cache_frames": int,
+    "window": int,
+    "sink_frames": int,
+    "positions": str,
     "prefix_perturb_t": int,
     "fps": int,
 }

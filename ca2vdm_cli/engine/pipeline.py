@@ -35,12 +35,12 @@ from ca2vdm_cli.engine.request import (
     ProgressEvent,
     check_inputs,
     check_replay,
+    video_frames,
 )
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.media.text import encode_text
-from ca2vdm_cli.media.vae import ImageVAE
+from ca2vdm_cli.media.vae import pipeline_vae
 from ca2vdm_cli.models import family
-from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.store.card import ModelCard
 from ca2vdm_cli.store.modeldir import Components, load_model_dir
 
@@ -55,6 +55,8 @@ def module_bytes(module: Any) -> int:
     """Bytes held by a module's parameters and buffers (0 for None)."""
     if module is None:
         return 0
+    if not isinstance(module, torch.nn.Module):  # a UMT5TextEncoder holds its model
+        module = module.encoder
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -82,7 +84,11 @@ class Pipeline:
         self.accel = accel
         self._step, self._forward = accelerate(self.model, accel, self.device)
         self._encode_caption = encode_caption
-        self.vae = None if components.vae is None else ImageVAE(components.vae, self.card.vae_scaling_factor)
+        self.vae = (
+            None
+            if components.vae is None
+            else pipeline_vae(self.card.vae_kind, components.vae, self.card.vae_scaling_factor)
+        )
         self._denoisers: dict[tuple[Any, ...], Any] = {}
         self.family = family(self.card.family)  # the model family's denoisers, loop and sizes
 
@@ -104,22 +110,23 @@ class Pipeline:
             "text_encoder": module_bytes(c.text_encoder),
         }
 
-    def cache_bytes(self, sampling: SamplingConfig, batch: int = 1) -> int:
+    def cache_bytes(self, sampling: Any, batch: int = 1) -> int:
+        """Bytes of the family's KV cache for `batch` videos with these sampling settings."""
         nbytes = torch.empty((), dtype=self.dtype).element_size()
         rows = self.family.model_rows(sampling, batch)
-        return self.family.kv_cache_bytes(self.card.model, rows, sampling.cache_frames, nbytes)
+        return self.family.cache_bytes(self.card.model, sampling, rows, self.card.latent_size, nbytes)
 
-    def denoiser(self, engine: str, sampling: SamplingConfig, batch: int) -> Any:
-        """The pipeline's denoiser for `engine` at this batch and cache size, made once and kept."""
+    def denoiser(self, engine: str, sampling: Any, batch: int) -> Any:
+        """The pipeline's denoiser for `engine` at this batch and these cache settings, made once and kept."""
         rows = self.family.model_rows(sampling, batch)
-        key = (engine, rows, sampling.cache_frames, sampling.chunk)
+        key = (engine, rows, sampling)
         if key not in self._denoisers:
             self._denoisers[key] = self.family.make_denoiser(
                 engine,
                 self.model,
                 rows,
-                sampling.cache_frames,
-                chunk_frames=sampling.chunk,
+                sampling,
+                self.card.latent_size,
                 step=self._step,
                 forward=self._forward,
             )
@@ -129,7 +136,8 @@ class Pipeline:
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor | None, Tensor | None]:
         """Captions (B, N, C_text) and masks (B, N); (None, None) means the null caption / no text. An
         empty prompt in a batch with others gets the null caption."""
-        if not self.card.model.has_text or not any(prompts):
+        null = getattr(self.model, "null_caption", None)  # a learned null caption (CausalSTDiT)
+        if not self.card.model.has_text or (null is not None and not any(prompts)):
             return None, None
         if self._encode_caption is not None:
             return self._encode_caption(prompts)
@@ -142,11 +150,17 @@ class Pipeline:
                 )
         if c.text_encoder is None:
             raise RuntimeError("the text encoder was freed after the first prompt (free_text_encoder=True)")
-        y, mask = encode_text(c.tokenizer, c.text_encoder, prompts, self.card.text_max_length, self.device)
-        if not all(prompts):  # the null caption for the empty prompts, with a full mask
+        if self.card.text_encoder == "umt5":  # Wan's cleaning, padding rows zeroed
+            y, lengths = c.text_encoder.encode(prompts, device=self.device, dtype=torch.float32)
+            mask = (torch.arange(y.shape[1], device=y.device) < lengths[:, None].to(y.device)).long()
+        else:
+            y, mask = encode_text(
+                c.tokenizer, c.text_encoder, prompts, self.card.text_max_length, self.device
+            )
+        if null is not None and not all(prompts):  # the null caption for empty prompts, with a full mask
             empty = torch.tensor([not p for p in prompts], device=y.device)
-            null = self.model.null_caption(len(prompts)).to(y.device, y.dtype)
-            y = torch.where(empty[:, None, None], null, y)
+            null_rows = null(len(prompts)).to(y.device, y.dtype)
+            y = torch.where(empty[:, None, None], null_rows, y)
             mask = torch.where(empty[:, None], torch.ones_like(mask), mask)
         if self.free_text_encoder:
             c.text_encoder = None
@@ -161,10 +175,10 @@ class Pipeline:
         return self.vae.encode(torch.from_numpy(images), seeds=list(seeds))  # images (B, P, H, W, 3)
 
     def decode(self, latents: Tensor, micro_batch: int = 16) -> np.ndarray | None:
-        """Latents (B, c, T, h, w) → uint8 frames (B, T, H, W, 3); None without a VAE."""
+        """A whole clip's latents (B, c, T, h, w) → uint8 frames (B, T', H, W, 3); None without a VAE."""
         if self.vae is None:
             return None
-        return self.vae.decode(latents, micro_batch).numpy()
+        return self.vae.stream().decode(latents, micro_batch).numpy()
 
     # ------------------------------------------------------------------ the job
     def generate(
@@ -219,32 +233,39 @@ class Pipeline:
         if replay:
             for checked, parts in zip(inputs, replay, strict=True):
                 check_replay(self.card, checked, parts)
-        emit = _Emitter(on_progress, chunks, sampling.steps, request.frames)
+        keep = first.frames or request.frames  # output frames; the rest of a whole last block is trimmed
+        r = self.vae.frames_per_latent if self.vae is not None else self.card.frames_per_latent
+        num_given = prefix.shape[2] if prefix is not None else first.num_given  # latent frames
+        given_frames, chunk_frames = video_frames(r, num_given, chunks)
+        emit = _Emitter(on_progress, chunks, sampling.steps, keep, chunk_frames)
 
         y, y_mask = self.encode_prompts([r.prompt for r in requests])
         emit("text", 0, 0, 0)
         if prefix is None and first.images is not None:
             prefix = self.encode_images(np.stack([i.images for i in inputs]), seeds)
-        num_given = 0 if prefix is None else prefix.shape[2]
         emit("images", 0, 0, 0)
         micro = request.decode_batch
+        vae_stream = self.vae.stream() if decode and self.vae is not None else None  # fed in chunk order
 
         def piece(k: int, z: Tensor, start: int, replayed: bool) -> BatchChunk:
             """Chunk k (z (B, c, l, h, w)); the first one starts with the given frames."""
             with_prefix = prefix is not None and k <= 0
             latents = z if not with_prefix else (prefix if k < 0 else torch.cat([prefix, z], dim=2))
-            frames = self.decode(latents, micro) if decode else None
-            return BatchChunk(k, frames, z.float().cpu(), start, num_given if with_prefix else 0, replayed)
+            frames = None if vae_stream is None else vae_stream.decode(latents, micro).numpy()
+            if frames is not None and start + frames.shape[1] > keep:
+                frames = frames[:, : max(0, keep - start)]
+            given = given_frames if with_prefix else 0
+            return BatchChunk(k, frames, z.float().cpu(), start, given, replayed)
 
         if not chunks:  # the given frames are the whole video
             assert prefix is not None
-            empty = torch.zeros(len(requests), self.card.model.in_channels, 0, *self.card.model.latent_size)
+            empty = torch.zeros(len(requests), self.card.latent_channels, 0, *self.card.latent_size)
             yield piece(-1, empty, 0, False)
             return
-        starts = [0] + [num_given + sum(chunks[:k]) for k in range(1, len(chunks))]
+        starts = [0] + [given_frames + sum(chunk_frames[:k]) for k in range(1, len(chunks))]
         for k, z in enumerate(saved):  # decoded again (no progress events): the output holds every frame once
             yield piece(k, z, starts[k], True)
-        done = num_given + sum(chunks[: len(saved)])
+        done = min(keep, given_frames + sum(chunk_frames[: len(saved)]))
         stream = self.family.sample_video(
             self.model,
             sampling,
@@ -258,21 +279,25 @@ class Pipeline:
             else self.denoiser(request.engine, sampling, len(requests)),
             replay=saved,
             on_step=lambda k, n, _: emit("denoise", k, n, done),
+            latent_size=self.card.latent_size,
         )
         for k, z in enumerate(stream, start=len(saved)):  # z (B, c, l, h, w)
             emit("denoised", k, sampling.steps, done)
             yield piece(k, z, starts[k], False)
-            done += chunks[k]
+            done = min(done + chunk_frames[k], keep)
             emit("chunk", k, sampling.steps, done)  # the consumer has taken (written) the chunk
 
 
 class _Emitter:
     """ProgressEvents for one batch (a no-op without a callback)."""
 
-    def __init__(self, callback: ProgressCallback | None, chunks: list[int], steps: int, total: int) -> None:
+    def __init__(
+        self, callback: ProgressCallback | None, chunks: list[int], steps: int, total: int, frames: list[int]
+    ) -> None:
         self.callback, self.chunks, self.steps, self.total = callback, chunks, steps, total
+        self.frames = frames  # new video frames of each chunk
 
     def __call__(self, stage: str, k: int, step: int, done: int) -> None:
         if self.callback is not None:
-            n = self.chunks[k] if self.chunks else 0
+            n = self.frames[k] if self.frames else 0
             self.callback(ProgressEvent(stage, k, len(self.chunks), step, self.steps, n, done, self.total))

@@ -19,12 +19,21 @@ from torch import Tensor
 from ca2vdm_cli.engine.loop import chunk_lengths
 from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.media.video import read_image
-from ca2vdm_cli.models import family
-from ca2vdm_cli.models.stdit.config import SamplingConfig
 from ca2vdm_cli.store.card import ModelCard
 
 DEFAULT_FRAMES = 49  # 1 given frame + 6 chunks of 8: the Ca2-VDM paper's SkyTimelapse sampling length
-SAMPLING_FIELDS = ("steps", "sampler", "cfg_scale", "chunk", "cache_frames", "prefix_perturb_t", "ddim_eta")
+SAMPLING_FIELDS = (
+    "steps",
+    "sampler",
+    "cfg_scale",
+    "chunk",
+    "cache_frames",
+    "prefix_perturb_t",
+    "ddim_eta",
+    "window",
+    "sink_frames",
+    "position_mode",
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class GenerateRequest:
     cache_frames: int | None = None
     prefix_perturb_t: int | None = None
     ddim_eta: float | None = None
+    window: int | None = None  # causal Wan: attention window in latent frames (-1 = global)
+    sink_frames: int | None = None  # causal Wan: frames pinned at the front of the window
+    position_mode: str | None = None  # causal Wan: "absolute" | "relative" RoPE time positions
     engine: str = "cache"
     decode_batch: int = 16  # frames per VAE decode call
 
@@ -105,17 +117,18 @@ ProgressCallback = Callable[[ProgressEvent], None]
 class CheckedInputs:
     """A validated request: effective sampling settings, the prepared image pixels and what was adjusted."""
 
-    sampling: SamplingConfig
+    sampling: Any  # the family's sampling config, with the request's overrides
     images: np.ndarray | None  # (P, H, W, 3) uint8, already at the model's resolution
-    chunks: list[int]  # new frames per AR step (replayed chunks included)
+    chunks: list[int]  # new latent frames per AR step (replayed chunks included)
     notices: list[str] = field(default_factory=list)
+    frames: int = 0  # output video frames to keep (the rest of the last block is trimmed)
 
     @property
     def num_given(self) -> int:
         return 0 if self.images is None else len(self.images)
 
 
-def sampling_config(card: ModelCard, request: GenerateRequest) -> SamplingConfig:
+def sampling_config(card: ModelCard, request: GenerateRequest) -> Any:
     """The card's sampling defaults with the request's overrides; ConfigError names the first bad value."""
     config = card.sampling.replace(**request.sampling_overrides())
     config.validate(card.model)
@@ -131,9 +144,9 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
         )
     if not 0 <= request.seed < 2**63:
         raise InputError(f"--seed {request.seed} must be in 0..2^63-1")
-    engines = family(card.family).ENGINES
-    if request.engine not in engines:
-        raise ConfigError(f"engine {request.engine!r} is not one of {', '.join(engines)}")
+    fam = card.spec
+    if request.engine not in fam.ENGINES:
+        raise ConfigError(f"engine {request.engine!r} is not one of {', '.join(fam.ENGINES)}")
     sampling = sampling_config(card, request)
     notices: list[str] = []
     num_given = len(request.images)
@@ -146,12 +159,10 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
             f"--frames {request.frames} is fewer than the {num_given} given images; --frames counts the "
             f"given frames too, so use --frames {num_given} or more"
         )
-    limit = card.model.max_tpe_len
-    if card.model.tpe_mode == "fixed" and request.engine == "cache" and request.frames > limit:
-        raise InputError(
-            f"--frames {request.frames}: model {card.name!r} has fixed temporal positions and can make at "
-            f"most {limit} frames"
-        )
+    chunks, note = latent_chunks(card, sampling, request.frames, num_given)
+    if note:
+        notices.append(note)
+    fam.check_frames(card, sampling, num_given, num_given + sum(chunks), request.engine)
     if request.prompt and not card.model.has_text:
         notices.append(f"model {card.name!r} is not text-conditioned: the prompt is ignored")
     elif not request.prompt and card.model.has_text:
@@ -164,9 +175,41 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
             pixels.append(image)
             notices.extend(image_notices)
         images = np.stack(pixels)  # (P, H, W, 3)
-    new_frames = request.frames - num_given
-    chunks = chunk_lengths(new_frames, sampling.chunk) if new_frames else []
-    return CheckedInputs(sampling, images, chunks, notices)
+    return CheckedInputs(sampling, images, chunks, notices, request.frames)
+
+
+def latent_chunks(card: ModelCard, sampling: Any, frames: int, num_given: int) -> tuple[list[int], str]:
+    """New latent frames per AR step for `frames` output frames after `num_given` given (latent) frames,
+    and a notice when the family's whole blocks or the VAE's frame grid round the video up (the output is
+    trimmed back to `frames`)."""
+    r = card.frames_per_latent
+    latent = 1 + -(-(frames - 1) // r) if frames else 0  # video 1 + r·(L − 1) frames ⊇ frames
+    new = max(0, latent - num_given)
+    if not new:
+        return [], ""
+    if not card.spec.WHOLE_BLOCKS:
+        return chunk_lengths(new, sampling.chunk), ""
+    n = sampling.chunk
+    blocks = -(-new // n)
+    made = 1 + r * (num_given + blocks * n - 1)
+    if made == frames:
+        return [n] * blocks, ""
+    return [n] * blocks, (
+        f"--frames {frames}: this model makes whole blocks of {n} latent frames, so {blocks} blocks "
+        f"({made} frames) are generated and the video keeps the first {frames}"
+    )
+
+
+def video_frames(frames_per_latent: int, num_given: int, chunks: Sequence[int]) -> tuple[int, list[int]]:
+    """Video frames of the given latent frames and of each chunk's new latent frames, before trimming: the
+    first latent frame of a video decodes to 1 frame, every later one to `frames_per_latent`."""
+    r, out = frames_per_latent, []
+    seen = num_given
+    given = 1 + r * (num_given - 1) if num_given else 0
+    for n in chunks:
+        out.append(r * n - (r - 1 if seen == 0 else 0))
+        seen += n
+    return given, out
 
 
 def check_replay(card: ModelCard, inputs: CheckedInputs, replay: Sequence[Tensor]) -> None:
@@ -176,7 +219,7 @@ def check_replay(card: ModelCard, inputs: CheckedInputs, replay: Sequence[Tensor
         raise InputError(
             f"{len(replay)} chunks to resume from, but this request has only {len(chunks)} chunks"
         )
-    c, (h, w) = card.model.in_channels, card.model.latent_size
+    c, (h, w) = card.latent_channels, card.latent_size
     for k, z in enumerate(replay):
         needed = (1, c, chunks[k], h, w)
         if tuple(z.shape) != needed:

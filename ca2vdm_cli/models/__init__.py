@@ -1,8 +1,13 @@
-"""One folder per model family; `family(card.family)` is the part of a family the engine calls.
+"""One folder per model family. Each has two faces:
 
-A family module provides `ENGINES` (the denoisers it can run), `make_denoiser`, `model_rows`,
-`sample_video` (its latent-space generation over `engine.loop`) and `kv_cache_bytes`. Adding a family is
-a folder and a branch below, never an edit of the loop or the pipeline.
+- `spec(name)`: pure Python, what a model card needs before anything loads — `CONFIG` and `SAMPLING`
+  (the card's `model` and `sampling` tables), `ENGINES`, `WHOLE_BLOCKS` (AR steps are whole trained
+  blocks), `model_rows`, `check_card`, `check_frames`, `cache_bytes`, `memory_parts`;
+- `family(name)`: the engine-facing module (imports torch) — the spec's names plus `build_model`,
+  `make_denoiser` and `sample_video` (its latent-space generation over `engine.loop`).
+
+Adding a family is a folder and a branch in each function below, never an edit of the loop or the
+pipeline.
 """
 
 from __future__ import annotations
@@ -11,7 +16,24 @@ from types import ModuleType
 
 from ca2vdm_cli.errors import ConfigError
 
-FAMILY_NAMES = ("stdit",)
+FAMILY_NAMES = ("stdit", "wan")
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"model family {name!r} is not one of {', '.join(FAMILY_NAMES)}")
+
+
+def spec(name: str) -> ModuleType:
+    """The card-facing part of family `name` (no torch)."""
+    if name == "stdit":
+        from ca2vdm_cli.models.stdit import spec as stdit
+
+        return stdit
+    if name == "wan":
+        from ca2vdm_cli.models.wan import spec as wan
+
+        return wan
+    raise _unknown(name)
 
 
 def family(name: str) -> ModuleType:
@@ -20,4 +42,8 @@ def family(name: str) -> ModuleType:
         from ca2vdm_cli.models.stdit import family as stdit
 
         return stdit
-    raise ConfigError(f"model family {name!r} is not one of {', '.join(FAMILY_NAMES)}")
+    if name == "wan":
+        from ca2vdm_cli.models.wan import family as wan
+
+        return wan
+    raise _unknown(name)

@@ -145,7 +145,7 @@ def generate_batch(
     from ca2vdm_cli.engine.request import SAMPLING_FIELDS, GenerateRequest
 
     pipeline = components if isinstance(components, Pipeline) else Pipeline(components)
-    overrides = {name: getattr(sampling, name) for name in SAMPLING_FIELDS}
+    overrides = {name: getattr(sampling, name) for name in SAMPLING_FIELDS if hasattr(sampling, name)}
     with tempfile.TemporaryDirectory(prefix="ca2vdm-eval-") as tmp:
         images: list[tuple[Path, ...]] = [() for _ in prompts]
         if first_frames is not None:

@@ -4,10 +4,12 @@ A model directory is what `ca2vdm generate --model DIR` loads, what `ca2vdm trai
 `weights/sprites/` ships:
 
     DIR/ca2vdm.json              the card: architecture, sampling defaults, video defaults, VAE/text settings
-    DIR/transformer.safetensors  CausalSTDiT weights under the official CausalSTDiT2 key names
-    DIR/vae/                     diffusers AutoencoderKL.save_pretrained
+    DIR/transformer.safetensors  the family's transformer under its official key names (CausalSTDiT2, or
+                                 the original Wan layout for `family = "wan"`)
+    DIR/vae/                     diffusers AutoencoderKL.save_pretrained (kind "wan": AutoencoderKLWan)
     DIR/text_encoder/            transformers T5EncoderModel.save_pretrained (+ tokenizer files, unless the
-                                 card says tokenizer = "byt5": the file-free ByT5Tokenizer)
+                                 card says tokenizer = "byt5": the file-free ByT5Tokenizer); with
+                                 `text.encoder = "umt5"` a UMT5EncoderModel and its tokenizer files
 
 Downloadable presets (`weights/<name>.json`) use the same card with a `sources` table saying where each
 file comes from (Hub repo, filename, revision, size, sha256, licence). Parts: `transformer`, `vae`,
@@ -30,14 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.models import FAMILY_NAMES
-from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.models import FAMILY_NAMES, spec
 
 CARD_FILE = "ca2vdm.json"
 TRANSFORMER_FILE = "transformer.safetensors"
 VAE_DIR = "vae"
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZERS = ("byt5", "files")
+VAE_KINDS = {"image": 1, "wan": 4}  # VAE kind -> video frames per latent frame (after the first)
+TEXT_ENCODERS = ("t5", "umt5")  # transformers T5EncoderModel | the Wan umT5 (UMT5EncoderModel)
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class ModelCard:
     """Everything needed to build and run a model, except the weights themselves."""
 
     name: str
-    model: ModelConfig
-    sampling: SamplingConfig
+    model: Any  # the family's architecture config (`models.spec(family).CONFIG`)
+    sampling: Any  # the family's sampling defaults (`models.spec(family).SAMPLING`)
     fps: int = 8
     height: int = 256  # output frame size in pixels
     width: int = 256
@@ -60,6 +63,10 @@ class ModelCard:
     license: str = ""
     sources: dict[str, Any] = field(default_factory=dict)  # downloadable presets: where each part comes from
     family: str = "stdit"  # the model family (`models.family`): architecture, denoisers, sampler
+    accepts_images: bool = True  # can start from given frames (--image)
+    vae_kind: str = "image"  # "image": diffusers AutoencoderKL, one video frame per latent frame;
+    # "wan": AutoencoderKLWan, 1 + 4·(L − 1) video frames for L latent frames, decoded as a stream
+    text_encoder: str = "t5"  # `TEXT_ENCODERS`
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_NAMES:
@@ -68,19 +75,36 @@ class ModelCard:
             )
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"card {self.name!r}: tokenizer {self.tokenizer!r} is not one of {TOKENIZERS}")
-        lat = (self.height // self.vae_downsample, self.width // self.vae_downsample)
-        if lat != tuple(self.model.latent_size) or self.height % self.vae_downsample:
+        if self.vae_kind not in VAE_KINDS:
             raise ConfigError(
-                f"card {self.name!r}: {self.height}x{self.width} pixels with VAE factor "
-                f"{self.vae_downsample} gives latents {lat}, but the model expects "
-                f"{tuple(self.model.latent_size)}"
+                f"card {self.name!r}: vae kind {self.vae_kind!r} is not one of {list(VAE_KINDS)}"
             )
-        if self.model.has_text and self.text_max_length != self.model.model_max_length:
+        if self.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(
-                f"card {self.name!r}: text_max_length {self.text_max_length} != model_max_length "
-                f"{self.model.model_max_length}"
+                f"card {self.name!r}: text encoder {self.text_encoder!r} is not one of {TEXT_ENCODERS}"
             )
-        self.sampling.validate(self.model)
+        if not self.text_to_video and not self.accepts_images:
+            raise ConfigError(f"card {self.name!r}: a model needs text_to_video or accepts_images")
+        self.spec.check_card(self)
+
+    @property
+    def spec(self) -> Any:
+        """The family's card-facing module (`models.spec`)."""
+        return spec(self.family)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of a latent frame."""
+        return (self.height // self.vae_downsample, self.width // self.vae_downsample)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.model.in_channels)
+
+    @property
+    def frames_per_latent(self) -> int:
+        """Video frames one latent frame covers after the first (1 for an image VAE, 4 for Wan's)."""
+        return VAE_KINDS[self.vae_kind]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,9 +116,18 @@ class ModelCard:
             "model": self.model.to_dict(),
             "sampling": self.sampling.to_dict(),
             "video": {"fps": self.fps, "height": self.height, "width": self.width},
-            "vae": {"scaling_factor": self.vae_scaling_factor, "downsample": self.vae_downsample},
-            "text": {"max_length": self.text_max_length, "tokenizer": self.tokenizer},
+            "vae": {
+                "kind": self.vae_kind,
+                "scaling_factor": self.vae_scaling_factor,
+                "downsample": self.vae_downsample,
+            },
+            "text": {
+                "max_length": self.text_max_length,
+                "tokenizer": self.tokenizer,
+                "encoder": self.text_encoder,
+            },
             "text_to_video": self.text_to_video,
+            "accepts_images": self.accepts_images,
             "sources": self.sources,
         }
 
@@ -112,6 +145,7 @@ class ModelCard:
             "vae",
             "text",
             "text_to_video",
+            "accepts_images",
             "sources",
         }
         unknown = sorted(set(d) - known)
@@ -120,19 +154,28 @@ class ModelCard:
         if "name" not in d or "model" not in d:
             raise ConfigError("a model card needs at least 'name' and 'model'")
         video, vae, text = d.get("video", {}), d.get("vae", {}), d.get("text", {})
+        family = d.get("family", "stdit")
+        if family not in FAMILY_NAMES:
+            raise ConfigError(
+                f"card {d['name']!r}: family {family!r} is not one of {', '.join(FAMILY_NAMES)}"
+            )
+        fam = spec(family)
         return cls(
             name=d["name"],
-            family=d.get("family", "stdit"),
-            model=ModelConfig.from_dict(d["model"]),
-            sampling=SamplingConfig.from_dict(d.get("sampling", {})),
+            family=family,
+            model=fam.CONFIG.from_dict(d["model"]),
+            sampling=fam.SAMPLING.from_dict(d.get("sampling", {})),
             fps=int(video.get("fps", 8)),
             height=int(video.get("height", 256)),
             width=int(video.get("width", 256)),
             vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
             vae_downsample=int(vae.get("downsample", 8)),
+            vae_kind=str(vae.get("kind", "image")),
             text_max_length=int(text.get("max_length", 120)),
             tokenizer=text.get("tokenizer", "files"),
+            text_encoder=str(text.get("encoder", "t5")),
             text_to_video=bool(d.get("text_to_video", False)),
+            accepts_images=bool(d.get("accepts_images", True)),
             description=d.get("description", ""),
             intended_use=d.get("intended_use", ""),
             license=d.get("license", ""),

@@ -1,5 +1,6 @@
-"""Memory planning before anything is loaded: parameter counts from the architecture alone, the KV-cache size
-(the `KVCache` formula), a rough activation estimate, and a check against the free memory of a CUDA device.
+"""Memory planning before anything is loaded: the family's parameter count from the architecture alone, its
+KV-cache size (one formula per family) and a rough activation estimate (`models.spec(family).memory_parts`),
+the VAE / text encoder from their files, and a check against the free memory of a CUDA device.
 
 Pure Python except `check_fits`, which asks torch for the device's free memory.
 """
@@ -12,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ca2vdm_cli.errors import Ca2VDMError
-from ca2vdm_cli.models.stdit.config import SamplingConfig
-from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters, kv_cache_bytes
 from ca2vdm_cli.store.card import TEXT_ENCODER_DIR, VAE_DIR, ModelCard
 
 GIB = 1024**3
@@ -74,7 +73,7 @@ def estimate_memory(
     cfg: bool = False,
     free_text_encoder: bool = False,
     model_dir: str | Path | None = None,
-    sampling: SamplingConfig | None = None,
+    sampling: Any = None,
 ) -> dict[str, int]:
     """Estimated peak device memory in bytes, by part, for generating with `card`.
 
@@ -88,13 +87,10 @@ def estimate_memory(
     m, s = card.model, sampling or card.sampling
     local = Path(model_dir) if model_dir is not None else None
     rows = batch * (2 if cfg else 1)
-    transformer = (count_parameters(m) + count_buffers(m)) * b
+    parts = card.spec.memory_parts(m, s, rows, card.latent_size, b)
+    transformer, kv, act = parts["transformer"], parts["kv_cache"], parts["activations"]
     vae = _part_params(card, "vae", local) * b
     text = 0 if text_encoder_on_cpu or not m.has_text else _part_params(card, "text_encoder", local) * b
-    kv = kv_cache_bytes(m, rows, s.cache_frames, b)
-    tokens = rows * s.chunk * m.tokens_per_frame
-    act = tokens * (int(m.hidden_size * m.mlp_ratio) + 6 * m.hidden_size) * b  # MLP hidden + qkv/residuals
-    act += rows * m.out_channels * s.chunk * m.latent_size[0] * m.latent_size[1] * 4  # fp32 prediction
     act += card.height * card.width * 128 * 8 * b  # one decoded frame through the VAE's last up block
     generating = transformer + vae + kv + act
     # freed after encoding: the text encoder and the generation phase never overlap
@@ -115,10 +111,16 @@ def describe_estimate(estimate: dict[str, int]) -> str:
     return f"{estimate['total'] / GIB:.2f} GiB ({parts} GiB)"
 
 
-def check_fits(estimate: dict[str, int], device: Any, available: int | None = None) -> None:
+def check_fits(
+    estimate: dict[str, int],
+    device: Any,
+    available: int | None = None,
+    cache_knob: str = "lower --cache-frames or --chunk",
+) -> None:
     """Raise MemoryPlanError when the estimate exceeds the free memory of a CUDA device (no-op elsewhere).
 
-    `available` overrides the free bytes (for tests and for callers that reserve memory themselves).
+    `available` overrides the free bytes (for tests and for callers that reserve memory themselves);
+    `cache_knob` says how this family's cache shrinks.
     """
     if available is None:
         import torch
@@ -132,7 +134,7 @@ def check_fits(estimate: dict[str, int], device: Any, available: int | None = No
     knobs = ["keep the text encoder on the CPU"] if estimate.get("text_encoder") else []
     knobs += [
         "use --dtype bf16 instead of fp32",
-        "lower --cache-frames or --chunk",
+        cache_knob,
         "generate fewer videos at once",
     ]
     raise MemoryPlanError(

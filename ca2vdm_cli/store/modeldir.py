@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ca2vdm_cli.errors import WeightsError
-from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models import family
 from ca2vdm_cli.store.card import (
     CARD_FILE,
     TEXT_ENCODER_DIR,
@@ -31,7 +31,7 @@ class Components:
     """A loaded model directory: the card and the three networks (text parts are None without text)."""
 
     card: ModelCard
-    model: CausalSTDiT
+    model: Any  # the family's transformer (CausalSTDiT, CausalWan)
     vae: Any  # diffusers AutoencoderKL
     text_encoder: Any | None  # transformers T5EncoderModel
     tokenizer: Any | None
@@ -56,8 +56,9 @@ def check_model_dir(path: str | Path) -> ModelCard:
 
 def load_transformer(
     path: str | Path, card: ModelCard, device: torch.device | str, dtype: torch.dtype
-) -> CausalSTDiT:
-    """Build CausalSTDiT on the meta device and load the safetensors weights with assign=True."""
+) -> Any:
+    """Build the family's transformer on the meta device and load the safetensors weights (official key
+    names, strict) in place of the meta tensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -68,8 +69,8 @@ def load_transformer(
         raise WeightsError(f"cannot read {file}: {exc}; re-download or re-export the model") from None
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):
-        model = CausalSTDiT(card.model)
-    model.load_official_state_dict(state, assign=True)
+        model = family(card.family).build_model(card.model)
+    model.load_official_state_dict(state)  # meta-built: takes the tensors as they are
     return model.eval().requires_grad_(False)
 
 
@@ -83,16 +84,18 @@ def load_model_dir(
     text_dtype: torch.dtype | None = None,
 ) -> Components:
     """Load a model directory. The VAE and text encoder default to the transformer's device; their dtype
-    defaults to `dtype` on CUDA and float32 on the CPU (half-precision convolutions are slow there)."""
-    from diffusers import AutoencoderKL
+    defaults to `dtype` on CUDA and float32 on the CPU (half-precision convolutions are slow there).
+    `card.vae_kind` picks AutoencoderKL or AutoencoderKLWan; `card.text_encoder` T5 or umT5."""
+    from diffusers import AutoencoderKL, AutoencoderKLWan
 
     path = Path(path)
     card = check_model_dir(path)
     device = torch.device(device)
     model = load_transformer(path, card, device, dtype)
     default_aux = dtype if device.type == "cuda" else torch.float32
+    vae_class = AutoencoderKLWan if card.vae_kind == "wan" else AutoencoderKL
     try:
-        vae = AutoencoderKL.from_pretrained(
+        vae = vae_class.from_pretrained(
             str(path / VAE_DIR),
             torch_dtype=vae_dtype or default_aux,
             local_files_only=True,
@@ -102,7 +105,19 @@ def load_model_dir(
         raise WeightsError(f"cannot load the VAE from {path / VAE_DIR}: {exc}") from None
     vae = vae.to(device).eval().requires_grad_(False)
     text_encoder = tokenizer = None
-    if card.model.has_text:
+    if card.text_encoder == "umt5":
+        from ca2vdm_cli.models.wan.text import UMT5TextEncoder
+
+        text_device = torch.device(text_device) if text_device is not None else device
+        text_encoder = UMT5TextEncoder.load(
+            path / TEXT_ENCODER_DIR,
+            device=text_device,
+            dtype=text_dtype or (dtype if text_device.type == "cuda" else torch.float32),
+            text_dim=card.model.text_dim,
+            max_length=card.text_max_length,
+        )
+        tokenizer = text_encoder.tokenizer
+    elif card.model.has_text:
         from transformers import T5EncoderModel
 
         from ca2vdm_cli.media.text import load_tokenizer
@@ -125,7 +140,7 @@ def load_model_dir(
 def save_model_dir(
     path: str | Path,
     card: ModelCard,
-    model: CausalSTDiT,
+    model: Any,
     vae: Any,
     text_encoder: Any | None = None,
     tokenizer: Any | None = None,
@@ -148,7 +163,9 @@ def save_model_dir(
     if card.model.has_text:
         if text_encoder is None:
             raise WeightsError(f"model {card.name!r} uses text, but no text encoder was given to save")
-        text_encoder.save_pretrained(str(path / TEXT_ENCODER_DIR))
+        # a UMT5TextEncoder holds its model (a transformers model's own `.encoder` is its stack)
+        encoder = text_encoder if isinstance(text_encoder, torch.nn.Module) else text_encoder.encoder
+        encoder.save_pretrained(str(path / TEXT_ENCODER_DIR))
         if card.tokenizer == "files":
             if tokenizer is None:
                 raise WeightsError(f"model {card.name!r} stores its tokenizer, but none was given to save")

@@ -309,4 +309,13 @@ class SamplingConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> SamplingConfig:
+        """Run-time overrides; an option of another family is one ConfigError naming it."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            if name not in names:
+                flag = "--" + name.replace("_", "-").replace("position-mode", "positions")
+                raise ConfigError(
+                    f"{flag} applies to the causal Wan family only; this CausalSTDiT model keeps a queue "
+                    "of --cache-frames clean frames; drop " + flag
+                )
         return dataclasses.replace(self, **changes)

@@ -20,8 +20,9 @@ from torch import Tensor
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.stdit.block import CachedStep, PreparedText
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
+from ca2vdm_cli.models.stdit.spec import ENGINES
 
-ENGINES = ("cache", "recompute", "recompute-full")
+__all__ = ["ENGINES", "CacheDenoiser", "RecomputeDenoiser", "make_denoiser"]
 
 StepFn = Callable[[CachedStep, Tensor, Tensor, PreparedText | None], Tensor | None]
 ForwardFn = Callable[..., Tensor]

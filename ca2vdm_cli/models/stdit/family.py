@@ -15,21 +15,85 @@ from torch import Tensor
 
 from ca2vdm_cli.engine.loop import StepCallback, chunk_lengths, sample_chunks
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.models.stdit.config import SamplingConfig
-from ca2vdm_cli.models.stdit.denoisers import ENGINES, CacheDenoiser, RecomputeDenoiser, make_denoiser
+from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
+from ca2vdm_cli.models.stdit.denoisers import CacheDenoiser, ForwardFn, RecomputeDenoiser, StepFn
+from ca2vdm_cli.models.stdit.denoisers import make_denoiser as _make_denoiser
+from ca2vdm_cli.models.stdit.flops import RunFlops
+from ca2vdm_cli.models.stdit.flops import run_flops as _run_flops
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
-from ca2vdm_cli.models.stdit.sizes import kv_cache_bytes
+from ca2vdm_cli.models.stdit.spec import (
+    ENGINES,
+    WHOLE_BLOCKS,
+    cache_bytes,
+    caption_shape,
+    check_card,
+    check_frames,
+    memory_parts,
+    model_rows,
+)
 from ca2vdm_cli.sampling.ddpm import DDPMSampler
 from ca2vdm_cli.sampling.guidance import guide
 
-__all__ = ["ENGINES", "kv_cache_bytes", "make_denoiser", "model_rows", "sample_video"]
+__all__ = [
+    "ENGINES",
+    "WHOLE_BLOCKS",
+    "build_model",
+    "cache_bytes",
+    "caption_shape",
+    "check_card",
+    "check_frames",
+    "make_denoiser",
+    "memory_parts",
+    "model_rows",
+    "run_flops",
+    "sample_video",
+]
 
 Engine = str | CacheDenoiser | RecomputeDenoiser
 
 
-def model_rows(config: SamplingConfig, batch: int) -> int:
-    """Rows the model runs for `batch` videos: [uncond; cond] under classifier-free guidance."""
-    return 2 * batch if config.cfg_scale != 1.0 else batch
+def build_model(config: ModelConfig) -> CausalSTDiT:
+    """The family's transformer for `config` (on the current default device, e.g. meta)."""
+    return CausalSTDiT(config)
+
+
+def run_flops(
+    model: ModelConfig,
+    engine: str,
+    *,
+    rows: int,
+    prefix_frames: int,
+    chunks: list[int],
+    sampling: SamplingConfig,
+    latent_size: tuple[int, int] | None = None,
+) -> RunFlops:
+    """Analytic FLOPs of one run (`flops.run_flops`) with this run's queue."""
+    return _run_flops(
+        model,
+        engine,
+        rows=rows,
+        prefix_frames=prefix_frames,
+        chunks=chunks,
+        steps=sampling.steps,
+        cache_frames=sampling.cache_frames,
+    )
+
+
+def make_denoiser(
+    name: str,
+    model: CausalSTDiT,
+    rows: int,
+    sampling: SamplingConfig,
+    latent_size: tuple[int, int] | None = None,
+    *,
+    step: StepFn | None = None,
+    forward: ForwardFn | None = None,
+) -> CacheDenoiser | RecomputeDenoiser:
+    """A denoiser by engine name for `rows` model rows, sized by the sampling settings (cache frames,
+    chunk); `step` / `forward` are the accelerated step (`engine.accel`)."""
+    return _make_denoiser(
+        name, model, rows, sampling.cache_frames, chunk_frames=sampling.chunk, step=step, forward=forward
+    )
 
 
 @torch.inference_mode()
@@ -45,6 +109,7 @@ def sample_video(
     engine: Engine = "cache",
     replay: Sequence[Tensor] = (),
     on_step: StepCallback | None = None,
+    latent_size: tuple[int, int] | None = None,
 ) -> Iterator[Tensor]:
     """Generate `num_frames` new latent frames after `prefix` (B, c, P, H, W), yielding each chunk
     (B, c, l, H, W) in float32 as soon as it is denoised.
@@ -55,6 +120,8 @@ def sample_video(
     run an accelerated step)."""
     cfg = model.config
     config.validate(cfg)
+    if latent_size is not None and tuple(latent_size) != tuple(cfg.latent_size):
+        raise ConfigError(f"latent frames {tuple(latent_size)} != the model's {tuple(cfg.latent_size)}")
     B = len(seeds)
     if num_frames < 1:
         raise ConfigError(f"num_frames={num_frames}: at least one new frame must be generated")
@@ -69,10 +136,7 @@ def sample_video(
     rows = model_rows(config, B)
     y_rows, mask_rows = caption_rows(model, y, y_mask, B, use_cfg, device)
     text = model.prepare_text(y_rows, mask_rows, rows)  # once per generation, its mask inside
-    if isinstance(engine, str):
-        denoiser = make_denoiser(engine, model, rows, config.cache_frames, chunk_frames=config.chunk)
-    else:
-        denoiser = engine
+    denoiser = make_denoiser(engine, model, rows, config) if isinstance(engine, str) else engine
     return sample_chunks(
         denoiser,
         DDPMSampler.from_config(config),

@@ -11,8 +11,7 @@ Notation: rows = model batch (2B with CFG), S tokens per frame, C width, D depth
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from ca2vdm_cli.models.costs import RunFlops
 from ca2vdm_cli.models.stdit.config import ModelConfig
 
 TIMESTEP_FEATURES = 256  # sinusoidal features fed to the timestep MLP
@@ -149,20 +148,6 @@ def write_flops(
         text_tokens=text_tokens,
         prepared=prepared,
     )
-
-
-@dataclass
-class RunFlops:
-    """FLOPs of one `sample_video` run, per AR step as a caller times it: step k = writing chunk k-1 (for
-    k = 0: preparing the caption and writing the given frames) + denoising chunk k."""
-
-    engine: str
-    per_ar_step: list[int] = field(default_factory=list)
-    denoise_step: int = 0  # one denoising step of the last chunk (the steady state)
-
-    @property
-    def total(self) -> int:
-        return sum(self.per_ar_step)
 
 
 def run_flops(

@@ -361,9 +361,10 @@ class CausalSTDiT(nn.Module):
         cache.advance(clean.shape[2])
 
     # ------------------------------------------------------------------ checkpoints
-    def load_official_state_dict(self, state_dict: dict[str, Tensor], assign: bool = False) -> None:
+    def load_official_state_dict(self, state_dict: dict[str, Tensor], assign: bool | None = None) -> None:
         """Load a state dict with the official key names. Every parameter and `bov_token` must be present
-        with its exact shape; the position tables are regenerated. Raises WeightsError."""
+        with its exact shape; the position tables are regenerated. Raises WeightsError. `assign` (default:
+        when the model was built on the meta device) takes the tensors instead of copying them."""
         sd = {k: v for k, v in state_dict.items() if k not in REGENERATED_BUFFERS}
         expected = {k: v.shape for k, v in self.state_dict().items() if k not in REGENERATED_BUFFERS}
         missing, unexpected, wrong = key_mismatch(sd, expected)
@@ -375,4 +376,6 @@ class CausalSTDiT(nn.Module):
         device = ref.device if ref.device.type != "meta" else torch.device("cpu")
         pos, tpe = self._position_tables(device, ref.dtype if ref.is_floating_point() else torch.float32)
         sd["pos_embed"], sd["pos_embed_temporal"] = pos, tpe
+        if assign is None:
+            assign = any(p.is_meta for p in self.parameters())
         self.load_state_dict(sd, strict=True, assign=assign)

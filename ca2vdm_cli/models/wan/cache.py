@@ -101,6 +101,11 @@ class WanKVCache:
         """Bytes of the self-attention ring (scratch slots and cross K/V excluded)."""
         return 2 * self.k.numel() * self.k.element_size()
 
+    @property
+    def scratch_nbytes(self) -> int:
+        """Bytes of the block's slots past the ring (where a denoising call puts its own K/V)."""
+        return 2 * (self._k.numel() - self.k.numel()) * self._k.element_size()
+
     def visible_positions(self) -> list[int]:
         """Rank of each visible slot's frame in the window (0 = oldest), slot order (relative mode)."""
         return self.ring.window_positions()[: self.num_visible]

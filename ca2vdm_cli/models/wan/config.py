@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ca2vdm_cli.errors import ConfigError
@@ -75,6 +75,32 @@ class WanConfig:
     @property
     def windowed(self) -> bool:
         return self.local_attn_size != -1
+
+    @property
+    def has_text(self) -> bool:
+        return True  # every causal Wan model is prompt-conditioned
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WanConfig:
+        """From a model card's `model` table: our field names (= the official kwargs), all required but
+        the defaulted ones; unknown keys are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown model keys {unknown}; valid keys: {sorted(names)}")
+        try:
+            return cls(**{k: tuple(v) if k == "patch_size" else v for k, v in d.items()})
+        except TypeError as exc:
+            raise ConfigError(f"model table of a causal Wan card: {exc}") from None
 
     @classmethod
     def from_official(cls, kwargs: dict[str, Any]) -> WanConfig:

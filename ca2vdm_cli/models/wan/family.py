@@ -10,38 +10,80 @@ distilled without it) and no perturbation of the written frames (they are the cl
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ca2vdm_cli.engine.loop import StepCallback, chunk_lengths, sample_chunks
 from ca2vdm_cli.errors import ConfigError
-from ca2vdm_cli.models.wan.flops import kv_cache_bytes
+from ca2vdm_cli.models.costs import RunFlops
+from ca2vdm_cli.models.wan import flops
+from ca2vdm_cli.models.wan.config import WanConfig
 from ca2vdm_cli.models.wan.model import CausalWan
-from ca2vdm_cli.sampling.flow import SELF_FORCING, FlowSchedule, flow_to_x0, renoise
+from ca2vdm_cli.models.wan.spec import (
+    ENGINES,
+    WHOLE_BLOCKS,
+    WanSampling,
+    cache_bytes,
+    caption_shape,
+    check_card,
+    check_frames,
+    memory_parts,
+    model_rows,
+)
+from ca2vdm_cli.sampling.flow import FlowSchedule, flow_to_x0, renoise
 
-__all__ = ["ENGINES", "FlowSampler", "WanSampling", "kv_cache_bytes", "make_denoiser", "sample_video"]
+__all__ = [
+    "ENGINES",
+    "WHOLE_BLOCKS",
+    "FlowSampler",
+    "WanSampling",
+    "build_model",
+    "cache_bytes",
+    "caption_shape",
+    "check_card",
+    "check_frames",
+    "make_denoiser",
+    "memory_parts",
+    "model_rows",
+    "run_flops",
+    "sample_video",
+    "schedule",
+]
 
-ENGINES = ("cache", "recompute")
+
+def build_model(config: WanConfig) -> CausalWan:
+    """The family's transformer for `config` (on the current default device, e.g. meta)."""
+    return CausalWan(config)
 
 
-@dataclass(frozen=True)
-class WanSampling:
-    """How a causal Wan model samples: its few-step list, and the cache capacity under global attention."""
+def run_flops(
+    model: WanConfig,
+    engine: str,
+    *,
+    rows: int,
+    prefix_frames: int,
+    chunks: list[int],
+    sampling: WanSampling,
+    latent_size: tuple[int, int],
+) -> RunFlops:
+    """Analytic FLOPs of one run (`flops.run_flops`) with this run's window."""
+    return flops.run_flops(
+        model,
+        engine,
+        rows=rows,
+        prefix_frames=prefix_frames,
+        chunks=chunks,
+        steps=sampling.steps,
+        window=sampling.window,
+        latent_hw=latent_size,
+    )
 
-    schedule: FlowSchedule = SELF_FORCING
-    max_frames: int = 21  # latent frames a global-attention cache holds (81 video frames)
-    cfg_scale: float = 1.0  # distilled: no guidance
 
-    def validate(self, model: CausalWan) -> None:
-        if self.cfg_scale != 1.0:
-            raise ConfigError(
-                f"cfg_scale={self.cfg_scale}: this causal Wan model is distilled without classifier-free "
-                "guidance; use cfg_scale=1"
-            )
-        if self.max_frames < 1:
-            raise ConfigError(f"max_frames={self.max_frames} must be >= 1")
+def schedule(config: WanSampling) -> FlowSchedule:
+    """The card's few-step list as the sampler's schedule."""
+    return FlowSchedule(steps=tuple(config.timesteps), shift=config.shift, warp=config.warp)
 
 
 class FlowSampler:
@@ -75,9 +117,18 @@ class WanCacheDenoiser:
     """Clean blocks enter the rolling + sink KV cache once (`write_cache` at t = 0); every flow step of the
     next block only reads it. The prompt's cross K/V are computed once per video."""
 
-    def __init__(self, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]) -> None:
+    def __init__(
+        self, model: CausalWan, rows: int, sampling: WanSampling, frame_shape: tuple[int, int]
+    ) -> None:
         self.model = model
-        self.cache = model.new_cache(batch_size=rows, max_frames=max_frames, frame_shape=frame_shape)
+        self.cache = model.new_cache(
+            batch_size=rows,
+            max_frames=sampling.max_frames,
+            frame_shape=frame_shape,
+            position_mode=sampling.position_mode,
+            local_attn_size=sampling.window,
+            sink_size=sampling.sink_frames,
+        )
         self.context: Tensor | None = None
 
     def reset(self, condition: Tensor | None = None) -> None:
@@ -102,8 +153,10 @@ class WanRecomputeDenoiser:
     """The no-cache baseline: every flow step re-runs every clean block seen so far (through a scratch
     cache, so windows and sinks apply exactly as in the cached path) before predicting."""
 
-    def __init__(self, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]) -> None:
-        self.inner = WanCacheDenoiser(model, rows, max_frames, frame_shape)
+    def __init__(
+        self, model: CausalWan, rows: int, sampling: WanSampling, frame_shape: tuple[int, int]
+    ) -> None:
+        self.inner = WanCacheDenoiser(model, rows, sampling, frame_shape)
         self.blocks: list[Tensor] = []
 
     def reset(self, condition: Tensor | None = None) -> None:
@@ -114,26 +167,27 @@ class WanRecomputeDenoiser:
         self.blocks.append(clean)
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
-        self.inner.reset(self.inner.context)
+        self.inner.cache.ring.reset()  # forget the past; the prompt's cross K/V stay (they never change)
         for block in self.blocks:
             self.inner.write(block)
         return self.inner.predict(x, t)
 
 
 def make_denoiser(
-    name: str, model: CausalWan, rows: int, max_frames: int, frame_shape: tuple[int, int]
+    name: str,
+    model: CausalWan,
+    rows: int,
+    sampling: WanSampling,
+    latent_size: tuple[int, int],
+    **_: Any,
 ) -> WanCacheDenoiser | WanRecomputeDenoiser:
-    """A denoiser by engine name (`ENGINES`)."""
+    """A denoiser by engine name (`ENGINES`) for `rows` videos of latent frames `latent_size`. Extra
+    keywords (another family's compiled-step hooks) are not used here."""
     if name == "cache":
-        return WanCacheDenoiser(model, rows, max_frames, frame_shape)
+        return WanCacheDenoiser(model, rows, sampling, latent_size)
     if name == "recompute":
-        return WanRecomputeDenoiser(model, rows, max_frames, frame_shape)
+        return WanRecomputeDenoiser(model, rows, sampling, latent_size)
     raise ConfigError(f"engine {name!r} is not one of {', '.join(ENGINES)}")
-
-
-def model_rows(config: WanSampling, batch: int) -> int:
-    """Rows the model runs for `batch` videos (no guidance: one each)."""
-    return batch
 
 
 def sample_video(
@@ -142,37 +196,41 @@ def sample_video(
     *,
     num_frames: int,
     seeds: Sequence[int],
-    frame_shape: tuple[int, int],
-    context: Tensor,
+    latent_size: tuple[int, int],
+    y: Tensor | None,
+    y_mask: Tensor | None = None,
     prefix: Tensor | None = None,
     engine: str | WanCacheDenoiser | WanRecomputeDenoiser = "cache",
     replay: Sequence[Tensor] = (),
     on_step: StepCallback | None = None,
 ) -> Iterator[Tensor]:
     """Generate `num_frames` new latent frames (a multiple of the model's block) after `prefix`
-    (B, C, P, H, W), yielding each block (B, C, n, H, W) as soon as it is denoised. `context` (B, L,
-    text_dim) is the encoded prompt, padding rows already zeroed."""
-    config.validate(model)
+    (B, C, P, H, W), yielding each block (B, C, n, H, W) as soon as it is denoised. `y` (B, L, text_dim) is
+    the encoded prompt; rows where `y_mask` (B, L) is 0 are zeroed (the official padding)."""
+    config.validate(model.cfg)
     n = model.cfg.num_frame_per_block
     if num_frames < 1 or num_frames % n:
         up = max(n, -(-num_frames // n) * n)
         raise ConfigError(
             f"num_frames={num_frames}: this model generates blocks of {n} latent frames; use {up}"
         )
+    if y is None:
+        raise ConfigError("a causal Wan model needs an encoded prompt (y)")
     device = next(model.parameters()).device
+    context = y.to(device)
+    if y_mask is not None:
+        context = context * y_mask.to(device, context.dtype)[..., None]  # (B, L, text_dim)
     denoiser = (
-        make_denoiser(engine, model, len(seeds), config.max_frames, frame_shape)
-        if isinstance(engine, str)
-        else engine
+        make_denoiser(engine, model, len(seeds), config, latent_size) if isinstance(engine, str) else engine
     )
     return sample_chunks(
         denoiser,
-        FlowSampler(config.schedule),
+        FlowSampler(schedule(config)),
         lengths=chunk_lengths(num_frames, n),
-        latent_shape=(model.cfg.in_dim, *frame_shape),
+        latent_shape=(model.cfg.in_dim, *latent_size),
         seeds=seeds,
         device=device,
-        condition=context.to(device),
+        condition=context,
         prefix=prefix,
         replay=replay,
         on_step=on_step,

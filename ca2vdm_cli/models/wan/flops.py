@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ca2vdm_cli.models.costs import RunFlops
 from ca2vdm_cli.models.wan.config import WanConfig
 
 
@@ -77,3 +78,45 @@ def context_flops(cfg: WanConfig, batch: int = 1) -> int:
     """Once per prompt: text_embedding plus every layer's cross K/V (4·text_len·d² per layer)."""
     d, L = cfg.dim, cfg.text_len
     return batch * (2 * L * (cfg.text_dim * d + d * d) + cfg.num_layers * 4 * L * d * d)
+
+
+def run_flops(
+    cfg: WanConfig,
+    engine: str,
+    *,
+    rows: int,
+    prefix_frames: int,
+    chunks: list[int],
+    steps: int,
+    window: int,
+    latent_hw: tuple[int, int],
+) -> RunFlops:
+    """What `sample_video` computes with engine `cache` (each block written once at t = 0) or `recompute`
+    (every denoising step re-runs every clean block seen so far through a scratch cache). `window` is
+    the attention window in latent frames incl. the block (−1: global)."""
+    if engine not in ("cache", "recompute"):
+        raise ValueError(f"unknown engine {engine!r}")
+    tokens = tokens_per_frame(cfg, latent_hw)
+
+    def visible(start: int, n: int) -> int:  # past frames a block starting at `start` attends to
+        return start if window == -1 else min(start, window - n)
+
+    out = RunFlops(engine)
+    pending = context_flops(cfg, rows)
+    written = [(0, prefix_frames)] if prefix_frames else []  # (start, frames) of every clean piece
+    if engine == "cache" and prefix_frames:
+        pending += write_flops(cfg, prefix_frames, 0, tokens, rows)
+    start = prefix_frames
+    for k, n in enumerate(chunks):
+        out.denoise_step = denoise_flops(cfg, n, visible(start, n), tokens, rows)
+        step = out.denoise_step
+        if engine == "recompute":
+            step += sum(write_flops(cfg, f, visible(s, f), tokens, rows) for s, f in written)
+        out.per_ar_step.append(pending + steps * step)
+        pending = 0
+        if k + 1 < len(chunks):
+            if engine == "cache":
+                pending = write_flops(cfg, n, visible(start, n), tokens, rows)
+            written.append((start, n))
+        start += n
+    return out

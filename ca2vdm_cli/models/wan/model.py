@@ -10,6 +10,7 @@ the first call that sees a new tensor) and kept in the cache. The cache's `Atten
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -76,6 +77,11 @@ class CausalWan(nn.Module):
         self.head = Head(d, cfg.out_dim * math.prod(p), cfg.eps)
         self._tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
+    @property
+    def config(self) -> WanConfig:
+        """The architecture (the name every family's model answers to)."""
+        return self.cfg
+
     # ------------------------------------------------------------------ loading
     def load_official_state_dict(self, sd: dict[str, Tensor]) -> None:
         """Load the 825 official tensors strictly (a leading `model.` is stripped); ConfigError on any
@@ -106,15 +112,26 @@ class CausalWan(nn.Module):
         max_frames: int,
         frame_shape: tuple[int, int],
         position_mode: str | None = None,
+        local_attn_size: int | None = None,
+        sink_size: int | None = None,
         attention: AttentionOptions | None = None,
     ) -> WanKVCache:
         """A cache for latent frames of frame_shape (H, W). Window mode holds local_attn_size − n past frames
         (sinks included); global mode holds max_frames (TempCache: `tempcache_budget_frames` if set).
-        `attention` selects TempCache / AnnCA / AnnSA (default dense)."""
-        cfg = self.cfg
-        mode = position_mode or cfg.position_mode
-        if mode not in ("absolute", "relative"):
-            raise ConfigError(f"position_mode must be 'absolute' or 'relative', got {mode!r}")
+        `position_mode`, `local_attn_size` and `sink_size` override the config's for this run (e.g. a
+        window and sink on a globally trained model); `attention` selects TempCache / AnnCA / AnnSA
+        (default dense)."""
+        changes = {
+            k: v
+            for k, v in (
+                ("position_mode", position_mode),
+                ("local_attn_size", local_attn_size),
+                ("sink_size", sink_size),
+            )
+            if v is not None
+        }
+        cfg = dataclasses.replace(self.cfg, **changes) if changes else self.cfg  # validates the window
+        mode = cfg.position_mode
         opts = attention or DENSE
         opts.check_supported(model="CausalWan", has_text=True, absolute_positions=mode == "absolute")
         H, W = frame_shape

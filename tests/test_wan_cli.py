@@ -1,0 +1,199 @@
+"""The causal Wan family through the product: a tiny Wan model directory (random weights, stand-in image
+VAE, tiny T5) runs `ca2vdm generate` end to end to a real MP4 (read back with PyAV), in whole blocks
+trimmed to --frames, with a window and a sink, and through the same pipeline as CausalSTDiT (cached ==
+no-cache). Bad settings are one `error:` line naming the value and the fix, before any weights load. The
+memory plan uses the family's KV formula; `bench --arch wan-tiny` reports cache vs recompute."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ca2vdm_cli.engine.request import GenerateRequest, check_inputs
+from ca2vdm_cli.media.video import probe_video
+from ca2vdm_cli.models.wan import WanConfig
+from ca2vdm_cli.models.wan.spec import WanSampling, cache_bytes
+from ca2vdm_cli.store.card import ModelCard, read_card
+from ca2vdm_cli.store.memory import estimate_memory
+from tests.cli_helpers import run_main, save_image
+from tests.factories import tiny_wan_card, write_tiny_wan_dir
+
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    return write_tiny_wan_dir(tmp_path_factory.mktemp("models") / "wan")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    return lambda *args: run_main(monkeypatch, capsys, *args)
+
+
+def test_generate_writes_whole_blocks_trimmed_to_the_asked_frames(cli, wan_dir, tmp_path):
+    out = tmp_path / "w.mp4"
+    code, stdout, err = cli("generate", "--model", wan_dir, "-p", "a red circle", "--frames", 9,
+                            "--seed", 3, "--out", out, "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["family"] == "wan" and result["sampler"] == "flow" and result["steps"] == 4
+    assert result["latent_frames"] == 10 and result["frames"] == 9  # 5 blocks of 2, the last frame trimmed
+    assert result["sampling"]["timesteps"] == [1000, 750, 500, 250] and result["cfg_scale"] == 1.0
+    probe = probe_video(out)
+    assert probe.frames == 9 and (probe.width, probe.height) == (32, 32)
+    assert "whole blocks of 2 latent frames, so 5 blocks (10 frames)" in err
+    assert "global attention: 16 past + the 2-frame block" in err  # the plan line says the cache layout
+    # the plan line's KV bytes are the allocated cache: (16 + 2) frames x 16 tokens x 2 layers x 2·48 x fp32
+    assert result["cache_bytes"] == 18 * 16 * 2 * 2 * 48 * 4
+
+
+def test_a_window_with_a_sink_and_relative_positions_runs_past_the_global_capacity(cli, wan_dir, tmp_path):
+    out = tmp_path / "long.mp4"
+    code, stdout, err = cli("generate", "--model", wan_dir, "-p", "x", "--frames", 40, "--window", 6,
+                            "--sink-frames", 2, "--positions", "relative", "--out", out, "--json",
+                            "--seed", 1)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["sampling"]["window"] == 6 and result["sampling"]["sink_frames"] == 2
+    assert result["cache_bytes"] == 6 * 16 * 2 * 2 * 48 * 4  # the window, whatever the video length
+    assert probe_video(out).frames == 40
+    assert "window 6 latent frames incl. the 2-frame block, 2 sink, relative positions" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--cfg-scale", 3), "--cfg-scale 3: this causal Wan model is distilled without classifier-free"),
+        (("--chunk", 3), "--chunk 3: this model was trained with blocks of 2 latent frames; drop --chunk"),
+        (("--window", 3, "--sink-frames", 2), "--window 3 is smaller than --sink-frames 2 + the block of 2"),
+        (("--sink-frames", 1), "--sink-frames 1 needs a window: pass --window W"),
+        (("--frames", 40), "global attention holds 16 past frames; pass --cache-frames 38, or a window"),
+        (
+            ("--frames", 1100, "--window", 6),
+            "past the 1024-row RoPE table with absolute positions; pass --positions relative",
+        ),
+        (("--sampler", "ddim"), "--sampler does not apply"),
+        (("--steps", 8), "--steps does not apply"),
+        (("--prefix-perturb-t", 10), "--prefix-perturb-t does not apply"),
+    ],
+)
+def test_bad_settings_are_one_error_line(cli, wan_dir, tmp_path, args, message):
+    out = tmp_path / "e.mp4"
+    full = ("generate", "--model", wan_dir, "-p", "x", "--frames", 9, "--out", out, *args)
+    code, stdout, err = cli(*full)
+    assert code == 1 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not out.exists()
+
+
+def test_an_image_on_a_text_to_video_block_model_names_the_fix(cli, wan_dir, tmp_path):
+    first = save_image(tmp_path / "first.png")
+    code, _, err = cli("generate", "--model", wan_dir, "-p", "x", "-i", first, "--out", tmp_path / "i.mp4")
+    assert code == 1 and "takes no --image; drop --image or use a frame-wise image-to-video model" in err
+
+
+def test_stdit_models_refuse_the_wan_only_options(tmp_path):
+    from tests.factories import tiny_card
+
+    card = tiny_card()
+    with pytest.raises(Exception, match="--window applies to the causal Wan family only"):
+        check_inputs(card, GenerateRequest(prompt="a", frames=9, window=4))
+
+
+def test_the_pipeline_cache_equals_the_no_cache_engine(wan_dir):
+    from ca2vdm_cli.engine.pipeline import Pipeline
+
+    pipeline = Pipeline.from_model_dir(wan_dir)
+    runs = {}
+    for engine in ("cache", "recompute"):
+        request = GenerateRequest(prompt="a blue square", frames=8, seed=4, window=4, sink_frames=2,
+                                  engine=engine)  # fmt: skip
+        chunks = list(pipeline.generate(request))
+        runs[engine] = torch.cat([c.latents for c in chunks], dim=2)  # (1, 16, 8, 8, 8)
+    assert runs["cache"].shape == (1, 16, 8, 8, 8)
+    torch.testing.assert_close(runs["cache"], runs["recompute"], atol=1e-5, rtol=1e-5)
+
+
+def test_the_card_round_trips_and_rejects_a_bad_family_table(wan_dir):
+    card = read_card(wan_dir)
+    assert card.family == "wan" and isinstance(card.model, WanConfig)
+    assert ModelCard.from_dict(card.to_dict()) == card
+    bad = card.to_dict()
+    bad["model"]["hidden_size"] = 64  # a CausalSTDiT key in a Wan card
+    with pytest.raises(Exception, match="unknown model keys \\['hidden_size'\\]"):
+        ModelCard.from_dict(bad)
+    with pytest.raises(Exception, match="trained with blocks of 2"):
+        tiny_wan_card(sampling={"chunk": 3})
+
+
+def test_memory_plan_uses_the_families_kv_formula():
+    """The spec's numbers: 5.62 GiB for 21 latent frames and 3.21 GiB for 12, 480x832, bf16."""
+    cfg = WanConfig.wan_1_3b()
+    global_21 = cache_bytes(cfg, WanSampling(max_frames=18), 1, (60, 104), 2)  # 18 past + the block
+    window_12 = cache_bytes(cfg, WanSampling(window=12, sink_frames=3), 1, (60, 104), 2)
+    assert round(global_21 / GIB, 2) == 5.62 and round(window_12 / GIB, 2) == 3.21
+    card = ModelCard(
+        name="wan-1.3b", family="wan", model=cfg, sampling=WanSampling(), height=480, width=832,
+        vae_downsample=8, text_max_length=512, text_to_video=True, accepts_images=False,
+    )  # fmt: skip
+    estimate = estimate_memory(card, "bf16")
+    assert estimate["kv_cache"] == global_21
+    assert estimate["transformer"] == 1_418_996_800 * 2
+
+
+def test_bench_reports_cache_and_recompute_for_wan_tiny():
+    from ca2vdm_cli.bench.runner import Bench, BenchOptions
+    from ca2vdm_cli.bench.setups import load_setup
+
+    setup = load_setup(None, "wan-tiny", random_weights=True, device=torch.device("cpu"), dtype=torch.float32)
+    opts = BenchOptions(frames=9, warmup_steps=0, measure_peak=False, decode=False)
+    report = Bench(setup, opts).run().to_json()
+    engines = {e["engine"]: e for e in report["engines"]}
+    assert set(engines) == {"cache", "recompute"}
+    assert report["settings"]["chunks"] == [3, 3, 3] and report["settings"]["given_frames"] == 0
+    assert engines["cache"]["flops"] < engines["recompute"]["flops"]
+    planned = cache_bytes(setup.model.config, setup.sampling, 1, (16, 16), 4)  # the ring + the block's slots
+    assert engines["cache"]["kv_cache_bytes"] + engines["cache"]["kv_scratch_bytes"] == planned
+    assert engines["recompute"]["kv_cache_bytes"] == 0
+
+
+@pytest.mark.parametrize("window", [-1, 4])
+@pytest.mark.parametrize("engine", ["cache", "recompute"])
+def test_run_flops_match_the_flop_counter(engine, window):
+    """The analytic FLOPs of a whole run (what the bench reports) equal what torch counts."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ca2vdm_cli.models.wan import family as wan
+    from tests.factories import tiny_wan_model
+
+    model = tiny_wan_model()
+    sampling = WanSampling(chunk=2, window=window, sink_frames=1 if window > 0 else 0, max_frames=8)
+    y = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        list(
+            wan.sample_video(model, sampling, num_frames=8, seeds=[0], latent_size=(8, 8), y=y, engine=engine)
+        )
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        run()
+    predicted = wan.run_flops(
+        model.config, engine, rows=1, prefix_frames=0, chunks=[2] * 4, sampling=sampling, latent_size=(8, 8)
+    )
+    assert counter.get_total_flops() == predicted.total
+
+
+def test_a_full_window_keeps_every_block_at_the_same_cost_and_cache():
+    """Once the window is full, every AR step costs the same FLOPs and the cache stays the same size."""
+    from ca2vdm_cli.models.wan.flops import run_flops
+
+    cfg = WanConfig.wan_1_3b()
+    steps = run_flops(cfg, "cache", rows=1, prefix_frames=0, chunks=[3] * 20, steps=4, window=12,
+                      latent_hw=(60, 104)).per_ar_step  # fmt: skip
+    full = 4  # blocks 0-2 fill the 9 past slots of a 12-frame window
+    assert len(set(steps[full:])) == 1 and steps[full - 1] < steps[full]
