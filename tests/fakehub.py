@@ -1,6 +1,7 @@
 """A loopback fake of the Hugging Face Hub's file-resolution API, with fault injection, for download tests.
 
-It serves `HEAD|GET /{org}/{name}/resolve/{revision}/{path}` and `GET /api/models/{repo}/revision/{rev}` the
+It serves `HEAD|GET /{org}/{name}/resolve/{revision}/{path}` and `GET /api/models/{repo}/revision/{rev}` (the
+commit a branch points to, for first-download pinning; `FakeRepo.move_main` adds a commit) the
 way huggingface_hub 2.x expects (X-Repo-Commit, ETag, Content-Length; 404s carry X-Error-Code), binds
 127.0.0.1 only, and shuts itself down after `ttl` seconds even if a test forgets to.
 """
@@ -20,6 +21,18 @@ class FakeRepo:
     files: dict[str, bytes]
     lfs: set[str] = field(default_factory=set)  # paths whose ETag is their sha256, as for LFS files
     token: str | None = None  # if set, requests need "Authorization: Bearer <token>"
+    old: dict[str, dict[str, bytes]] = field(default_factory=dict)  # earlier commits' files, by sha
+
+    def at(self, rev: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit, files) that `rev` names: `main` and `commit` are the newest, `old` the earlier ones."""
+        if rev in ("main", self.commit):
+            return self.commit, self.files
+        return (rev, self.old[rev]) if rev in self.old else None
+
+    def move_main(self, commit: str, files: dict[str, bytes]) -> None:
+        """A new commit on main; the current one stays reachable by its sha."""
+        self.old[self.commit] = self.files
+        self.commit, self.files = commit, files
 
 
 @dataclass
@@ -90,9 +103,10 @@ class FakeHub:
         repo = self._repo(h, repo_id)
         if repo is None:
             return
-        if rev not in ("main", repo.commit):
+        found = repo.at(rev)
+        if found is None:
             return self._error(h, 404, "RevisionNotFound")
-        data = f'{{"id": "{repo_id}", "sha": "{repo.commit}"}}'.encode()
+        data = f'{{"id": "{repo_id}", "sha": "{found[0]}"}}'.encode()
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
@@ -103,11 +117,13 @@ class FakeHub:
         repo = self._repo(h, repo_id)
         if repo is None:
             return
-        if rev not in ("main", repo.commit):
+        found = repo.at(rev)
+        if found is None:
             return self._error(h, 404, "RevisionNotFound")
-        if file not in repo.files:
+        commit, files = found
+        if file not in files:
             return self._error(h, 404, "EntryNotFound")
-        data = repo.files[file]
+        data = files[file]
         if file in repo.lfs:
             etag = hashlib.sha256(data).hexdigest()
         else:  # git blob sha1, as the Hub reports for small files
@@ -122,7 +138,7 @@ class FakeHub:
         if body and ranged.startswith("bytes=") and ranged.endswith("-"):
             start = int(ranged[6:-1])
         h.send_response(206 if start else 200)
-        h.send_header("X-Repo-Commit", repo.commit)
+        h.send_header("X-Repo-Commit", commit)
         h.send_header("ETag", f'"{etag}"')
         h.send_header("Accept-Ranges", "bytes")
         if start:

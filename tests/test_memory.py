@@ -25,7 +25,7 @@ CONFIGS = {
     "tiny": tiny_config(),
     "tiny-no-text-no-pe": tiny_config(caption_channels=0, pe_mode="off", pe_frames=0, mask_channel=False),
     "tiny-merge-all-blocks": tiny_config(mask_channel_all_blocks=True, mlp_ratio=2.5),
-    **{name: load_preset(name).model for name in preset_names()},
+    **{name: load_preset(name).model for name in preset_names() if load_preset(name).family == "stdit"},
 }
 
 

@@ -30,7 +30,8 @@ EPILOG = (
     "  find shots -name '*.png' | jq -Rc '{prompt: \"a sky timelapse\", image: .}' | ca2vdm batch -\n"
     "  torchrun --standalone --nproc-per-node=8 -m ca2vdm_cli batch jobs.jsonl --out-dir renders/\n\n"
     "A line is a prompt, or a JSON object with prompt, image, frames, seed, out, steps, sampler, cfg_scale, "
-    "chunk, cache_frames, window, sink_frames, positions, prefix_perturb_t, fps; blank lines and # "
+    "chunk, cache_frames, window, sink_frames, positions, prefix_perturb_t, fps, prompts + at (a prompt "
+    "timeline); blank lines and # "
     "comments are skipped. Outputs are named "
     "<prompt-slug>-<hash>-s<seed>.mp4 unless the item gives 'out'. Running the same batch again skips "
     "finished videos and resumes interrupted ones from their last finished chunk."
@@ -287,7 +288,8 @@ class BatchRun:
         out = output_path(item, self.out_dir)
         result["path"] = str(out)
         settings = {**self.settings, **item.overrides}
-        settings.update(prompt=item.prompt, image=item.image, seed=item.seed, out=str(out))
+        prompt = settings.pop("prompts", None) or item.prompt  # a list: a prompt timeline with `at`
+        settings.update(prompt=prompt, image=item.image, seed=item.seed, out=str(out))
         existing = "overwrite" if self.overwrite else "resume"
         try:
             plan = plan_render(settings, self.model_dir, self.card, self.device, self.dtype, existing)

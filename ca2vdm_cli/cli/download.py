@@ -46,6 +46,10 @@ def download(
     """Download a model into the Hugging Face cache, verify every file's checksum, convert the transformer to
     safetensors once, and print the model directory (first line; pass it to --model) and the files it uses.
 
+    A card that leaves a revision null (the causal Wan presets) is pinned on its first download: the repo's
+    current commit, and every file's size and sha256, are recorded in <cache>/models/PRESET/pins.json and
+    are the only ones trusted afterwards (delete that file to pin again).
+
     Honours HF_TOKEN, HF_ENDPOINT (mirrors) and HF_HUB_OFFLINE. Progress goes to stderr.
     """
     from ca2vdm_cli.store.card import read_card

@@ -34,7 +34,22 @@ EPILOG = (
 
 @app.command(epilog=EPILOG)
 def generate(
-    prompt: options.Prompt = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prompt",
+            "-p",
+            metavar="TEXT",
+            help="What the video shows. Repeat with --at for a prompt timeline (causal Wan models).",
+        ),
+    ] = None,
+    at: Annotated[
+        list[int] | None,
+        typer.Option(
+            metavar="FRAME",
+            help="Frame where the next --prompt takes over (one per --prompt after the first).",
+        ),
+    ] = None,
     image: options.Image = None,
     frames: options.Frames = None,
     out: Annotated[
@@ -86,7 +101,8 @@ def generate(
     from ca2vdm_cli.cli.settings import load_config_file, merge_settings
 
     flags = {
-        "prompt": prompt,
+        "prompt": (prompt[0] if len(prompt) == 1 else list(prompt)) if prompt else None,
+        "at": list(at) if at else None,
         "image": [str(p) for p in image] if image else None,
         "frames": frames,
         "out": None if out is None else str(out),
@@ -152,7 +168,9 @@ def run_generate(
     seed = settings["seed"] if settings.get("seed") is not None else secrets.randbelow(2**31)
     images = settings.get("image") or []
     images = [images] if isinstance(images, str) else [str(i) for i in images]
-    out = settings.get("out") or video_name(settings.get("prompt") or "", images, seed)
+    first_prompt = settings.get("prompt") or ""
+    first_prompt = first_prompt[0] if isinstance(first_prompt, list) else first_prompt
+    out = settings.get("out") or video_name(first_prompt, images, seed)
     settings = {**settings, "seed": seed, "out": out}
     model_dir, card = resolve_model(settings, yes)
     plan = plan_render(settings, model_dir, card, device, dtype, existing)  # type: ignore[arg-type]
@@ -214,6 +232,7 @@ def _result(plan: Any, pipeline: Any, seconds: float, gen_seconds: float) -> dic
         "cache_bytes": pipeline.cache_bytes(s),
         "weights_bytes": sum(pipeline.weight_bytes().values()),
         "prompt": request.prompt,
+        "timeline": [{"at": at, "prompt": p} for at, p in request.timeline],
         "images": [str(p) for p in request.images],
         "steps": s.steps,
         "sampler": s.sampler,

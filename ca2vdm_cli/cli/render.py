@@ -77,8 +77,10 @@ def plan_render(
     from ca2vdm_cli.errors import OutputError
     from ca2vdm_cli.media.video import FrameDirWriter, check_codec, check_frame_size, check_output_path
 
+    prompt, timeline = prompt_timeline(settings.get("prompt"), settings.get("at"))
     request = GenerateRequest(
-        prompt=settings.get("prompt") or "",
+        prompt=prompt,
+        timeline=timeline,
         images=as_paths(settings.get("image")),
         frames=settings["frames"] if settings.get("frames") is not None else DEFAULT_FRAMES,
         seed=settings["seed"],
@@ -122,6 +124,23 @@ def plan_render(
     )
 
 
+def prompt_timeline(prompt: Any, at: Any) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """`--prompt A --prompt B --at 120` (or TOML / JSONL `prompt = [...]`, `at = [...]`) → the first prompt
+    and the (frame, prompt) switches; InputError when the counts do not match."""
+    from ca2vdm_cli.errors import InputError
+
+    prompts = prompt if isinstance(prompt, list) else [prompt or ""]
+    marks = list(at or [])
+    if len(marks) != len(prompts) - 1 or not all(isinstance(m, int) for m in marks):
+        raise InputError(
+            f"{len(prompts)} prompts and {len(marks)} --at frames: give one --at FRAME (an integer) for "
+            "every --prompt after the first"
+        )
+    if not all(isinstance(p, str) for p in prompts):
+        raise InputError("every prompt of a timeline must be a string")
+    return prompts[0], tuple(zip(marks, prompts[1:], strict=True))
+
+
 def render_fingerprint(
     model_dir: Path,
     card: Any,
@@ -144,6 +163,7 @@ def render_fingerprint(
             "model": card.name,
             "model_files": model_identity(model_dir),
             "prompt": request.prompt,
+            "timeline": [list(t) for t in request.timeline],
             "images": [file_sha256(p) for p in request.images],
             "seed": request.seed,
             "frames": request.frames,

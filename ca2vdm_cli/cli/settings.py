@@ -21,7 +21,8 @@ from ca2vdm_cli.errors import ConfigError
 
 # key -> (accepted Python types, description for errors)
 GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "prompt": ((str,), "a string"),
+    "prompt": ((str, list), "a string, or a list of strings with `at`"),
+    "at": ((list,), "a list of frame numbers, one per prompt after the first"),
     "image": ((str, list), "a path or a list of paths"),
     "frames": ((int,), "an integer"),
     "out": ((str,), "a path"),

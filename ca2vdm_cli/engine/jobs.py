@@ -34,6 +34,8 @@ ITEM_KEYS: dict[str, type | tuple[type, ...]] = {
     "positions": str,
     "prefix_perturb_t": int,
     "fps": int,
+    "prompts": list,  # a prompt timeline: prompts[0] first, then one per `at` frame
+    "at": list,
 }
 
 
@@ -87,6 +89,12 @@ def _fill_from_json(item: JobItem, text: str, base_dir: Path | None) -> None:
             names = expected.__name__ if isinstance(expected, type) else "number"
             item.error = f"line {item.line}: {key}={value!r} should be a {names}"
             return
+    if "prompts" in data:
+        prompts = data["prompts"]
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts) or "prompt" in data:
+            item.error = f"line {item.line}: 'prompts' must be a non-empty list of prompts (without 'prompt')"
+            return
+        data["prompt"] = prompts[0]
     prompt = data.pop("prompt", "")
     if not prompt.strip() and "image" not in data:
         item.error = f"line {item.line}: needs a non-empty 'prompt' (or an 'image')"

@@ -6,6 +6,8 @@
   3. the finished chunk is yielded, then written once (perturbed as the sampler says) and becomes the past.
 
 Replayed chunks (a resumed render) are written exactly as they were the first time and not yielded.
+`switches` change the condition before given chunks (a prompt timeline): the denoiser's `switch` re-encodes
+what its past needs under the new condition, once, then every step of the chunk reads it as usual.
 Noise comes from `noise.seeded_noise`, keyed by (seed, purpose, chunk index): a sample's video depends on
 its seed only, not on its batch, its device or where a render resumed. The next chunk's noise is drawn on
 the host while the device still works on the current one.
@@ -13,7 +15,7 @@ the host while the device still works on the current one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,10 +49,12 @@ def sample_chunks(
     guidance: Guidance | None = None,
     replay: Sequence[Tensor] = (),
     on_step: StepCallback | None = None,
+    switches: Mapping[int, Any] | None = None,
 ) -> Iterator[Tensor]:
     """Yield each new chunk's latents (B, c, l, h, w) float32, for chunks of `lengths` latent frames after
     `prefix` (B, c, P, h, w). `latent_shape` is (c, h, w). With `guidance` the denoiser holds 2B rows
-    [uncond; cond] and `guidance` folds its output back to B rows. `condition` is what `reset` takes."""
+    [uncond; cond] and `guidance` folds its output back to B rows. `condition` is what `reset` takes;
+    `switches` maps a chunk index (>= 1) to the condition from that chunk on (`denoiser.switch`)."""
     B = len(seeds)
     if prefix is not None and prefix.shape[0] != B:
         raise ConfigError(f"prefix has batch {prefix.shape[0]} but {B} seeds were given")
@@ -82,8 +86,15 @@ def sample_chunks(
         steps = seeded_noise(seeds, "step", k, (sampler.num_steps, *shape)) if sampler.stochastic else None
         return to_device(x, device), None if steps is None else to_device(steps, device)
 
+    switches = dict(switches or {})
+    if any(not 0 < k < len(lengths) for k in switches):
+        raise ConfigError(
+            f"prompt switches at chunks {sorted(switches)}: each must be in 1..{len(lengths) - 1}"
+        )
     pending: tuple[Tensor, Tensor | None] | None = None  # the next chunk's noise, drawn ahead
     for k in range(len(lengths)):
+        if k in switches:
+            denoiser.switch(switches[k])  # type: ignore[attr-defined]
         if k < len(replay):
             z = replay[k].to(device, torch.float32)
         else:

@@ -240,6 +240,14 @@ class Pipeline:
         emit = _Emitter(on_progress, chunks, sampling.steps, keep, chunk_frames)
 
         y, y_mask = self.encode_prompts([r.prompt for r in requests])
+        extra: dict[str, Any] = {}
+        if first.switches:  # a prompt timeline: each switch's prompts, encoded once (B, N, C)
+            steps = [k for k, _ in first.switches]
+            if any([k for k, _ in other.switches] != steps for other in inputs[1:]):
+                raise ConfigError("a batch needs the same prompt-switch frames in every video")
+            extra["switches"] = {
+                k: self.encode_prompts([i.switches[j][1] for i in inputs]) for j, k in enumerate(steps)
+            }
         emit("text", 0, 0, 0)
         if prefix is None and first.images is not None:
             prefix = self.encode_images(np.stack([i.images for i in inputs]), seeds)
@@ -280,6 +288,7 @@ class Pipeline:
             replay=saved,
             on_step=lambda k, n, _: emit("denoise", k, n, done),
             latent_size=self.card.latent_size,
+            **extra,
         )
         for k, z in enumerate(stream, start=len(saved)):  # z (B, c, l, h, w)
             emit("denoised", k, sampling.steps, done)

@@ -56,6 +56,7 @@ class GenerateRequest:
     position_mode: str | None = None  # causal Wan: "absolute" | "relative" RoPE time positions
     engine: str = "cache"
     decode_batch: int = 16  # frames per VAE decode call
+    timeline: tuple[tuple[int, str], ...] = ()  # (video frame, prompt) switches after the first prompt
 
     def sampling_overrides(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
@@ -122,6 +123,7 @@ class CheckedInputs:
     chunks: list[int]  # new latent frames per AR step (replayed chunks included)
     notices: list[str] = field(default_factory=list)
     frames: int = 0  # output video frames to keep (the rest of the last block is trimmed)
+    switches: list[tuple[int, str]] = field(default_factory=list)  # (AR step, prompt from that step on)
 
     @property
     def num_given(self) -> int:
@@ -163,6 +165,7 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
     if note:
         notices.append(note)
     fam.check_frames(card, sampling, num_given, num_given + sum(chunks), request.engine)
+    switches = prompt_switches(card, request, num_given, chunks, notices)
     if request.prompt and not card.model.has_text:
         notices.append(f"model {card.name!r} is not text-conditioned: the prompt is ignored")
     elif not request.prompt and card.model.has_text:
@@ -175,7 +178,48 @@ def check_inputs(card: ModelCard, request: GenerateRequest) -> CheckedInputs:
             pixels.append(image)
             notices.extend(image_notices)
         images = np.stack(pixels)  # (P, H, W, 3)
-    return CheckedInputs(sampling, images, chunks, notices, request.frames)
+    return CheckedInputs(sampling, images, chunks, notices, request.frames, switches)
+
+
+def prompt_switches(
+    card: ModelCard, request: GenerateRequest, num_given: int, chunks: list[int], notices: list[str]
+) -> list[tuple[int, str]]:
+    """AR steps where the prompt changes: a switch at video frame f applies from the first AR step that
+    starts at or after f's latent frame (LongLive's rule); a notice says where each one lands."""
+    if not request.timeline:
+        return []
+    if not card.spec.PROMPT_SWITCHES:
+        raise InputError(
+            f"model {card.name!r} cannot switch prompts mid-video (its cached frames keep their prompt); "
+            "pass one --prompt, or use a causal Wan model"
+        )
+    if request.engine != "cache":
+        raise InputError(f"prompt switches run with the cache engine, not {request.engine!r}")
+    r = card.frames_per_latent
+    given, per_chunk = video_frames(r, num_given, chunks)
+    starts = [given + sum(per_chunk[:k]) for k in range(len(chunks))]  # first video frame of each step
+    out: list[tuple[int, str]] = []
+    previous = 0
+    for at, prompt in request.timeline:
+        if not previous < at < request.frames:
+            raise InputError(
+                f"--at {at}: switch frames must increase and lie in 1..{request.frames - 1} (--frames "
+                f"{request.frames})"
+            )
+        previous = at
+        k = next((k for k, s in enumerate(starts) if s >= at), None)
+        if k is None or k == 0:
+            raise InputError(f"--at {at}: no AR step starts at or after frame {at}; move the switch earlier")
+        if out and out[-1][0] == k:
+            raise InputError(
+                f"--at {at}: two switches land on the AR step at frame {starts[k]}; space them out"
+            )
+        if starts[k] != at:
+            notices.append(
+                f"--at {at}: the prompt switches at frame {starts[k]}, where the next block starts"
+            )
+        out.append((k, prompt))
+    return out
 
 
 def latent_chunks(card: ModelCard, sampling: Any, frames: int, num_given: int) -> tuple[list[int], str]:

@@ -4,6 +4,11 @@ Pure Python ints, no tensors. A ring of `capacity` slots keeps the first `sink` 
 in slots 0..sink-1 and the newest `capacity - sink` other frames in the remaining slots, FIFO: frame f
 (f >= sink) sits in slot sink + (f - sink) mod (capacity - sink), so eviction never moves data. With
 sink = 0 this is f mod capacity, the ring of the CausalSTDiT `KVCache`.
+
+`restart(start)` forgets the non-sink frames and goes on writing at absolute frame `start`, from the first
+slot after the sinks (a prompt switch re-encodes the newest frames that way; the sinks stay). Until the
+next `reset`, non-sink frames are numbered from `start`: frame f sits in slot sink + (f - start) mod
+(capacity - sink), and the held frames stay in slots 0..num_held-1.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ class FrameRing:
         self.capacity = capacity
         self.sink = sink
         self.written = 0
+        self.base = sink  # absolute frame of the first non-sink slot's first occupant (see `restart`)
 
     @property
     def num_held(self) -> int:
-        """Frames currently held: min(written, capacity)."""
-        return min(self.written, self.capacity)
+        """Frames currently held (min(written, capacity) until a `restart`)."""
+        return len(self._held_after(self.written))
 
     def slot(self, f: int) -> int:
         """Slot of absolute frame f."""
@@ -32,13 +38,12 @@ class FrameRing:
             raise ValueError(f"frame index must be >= 0, got {f}")
         if f < self.sink:
             return f
-        return self.sink + (f - self.sink) % (self.capacity - self.sink)
+        return self.sink + (f - self.base) % (self.capacity - self.sink)
 
     def _held_after(self, written: int) -> list[int]:
-        if written <= self.capacity:
-            return list(range(written))
-        recent = self.capacity - self.sink
-        return list(range(self.sink)) + list(range(written - recent, written))
+        sinks = list(range(min(self.sink, written)))
+        first = max(self.base, written - (self.capacity - self.sink))
+        return sinks + list(range(first, written))
 
     def held_frames(self) -> list[int]:
         """Absolute indices held, oldest first (sink frames first)."""
@@ -83,6 +88,20 @@ class FrameRing:
     def reset(self) -> None:
         """Forget every frame (next video); the slots are reused."""
         self.written = 0
+        self.base = self.sink
+
+    def restart(self, start: int) -> None:
+        """Forget every non-sink frame and write next at absolute frame `start` (>= the sinks already
+        written); the sinks stay where they are. `restart(0)` with no sinks is `reset`."""
+        if start < min(self.sink, self.written) or start > self.written:
+            raise ValueError(
+                f"restart at frame {start}: it must lie between the sinks ({self.sink}) and written "
+                f"({self.written})"
+            )
+        if start < self.sink:  # nothing but (part of) the sinks survives: start over from `start`
+            self.written, self.base = start, self.sink
+            return
+        self.written, self.base = start, start
 
     @staticmethod
     def _check_n(n: int) -> None:

@@ -105,13 +105,13 @@ def verify(source: Source, file: SourceFile, path: Path, record: HashRecord) -> 
     actual_size = os.stat(path).st_size
     problem = None
     if file.size is not None and actual_size != file.size:
-        problem = f"has {actual_size} bytes, the card says {file.size}"
+        problem = f"has {actual_size} bytes, {file.origin} says {file.size}"
     else:
         hub_sum = Path(os.path.realpath(path)).name  # the Hub cache names blobs by their ETag
         if file.sha256:
             got = record.digest(path, "sha256")
             if got != file.sha256:
-                problem = f"has sha256 {got}, the model card pins {file.sha256}"
+                problem = f"has sha256 {got}, {file.origin} pins {file.sha256}"
         elif re.fullmatch(r"[0-9a-f]{64}", hub_sum):
             got = record.digest(path, "sha256")
             if got != hub_sum:
@@ -199,6 +199,31 @@ def fetch(source: Source, file: SourceFile, hub_dir: Path, record: HashRecord) -
     return Path(local)
 
 
+def resolve_commit(repo: str, requested: str = "main") -> str:
+    """The commit sha `requested` (a branch) of `repo` points to now: one API call, no retries."""
+    from huggingface_hub import HfApi, constants
+
+    probe = Source("transformer", repo, requested, (), "")
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(
+            f"{repo} is not pinned yet (its first download records the commit of {requested!r}) and "
+            "HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE for the first download"
+        )
+    try:
+        sha = HfApi(endpoint=constants.ENDPOINT).model_info(repo, revision=requested).sha
+    except Exception as exc:  # noqa: BLE001  (every Hub/HTTP failure becomes one line)
+        what = f"look up the current commit of {repo} (its first download pins it)"
+        if _is_connection_error(exc):  # no cached copy can help: nothing is pinned yet
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DownloadError(
+                f"cannot reach {constants.ENDPOINT} to {what} ({first}); check the network or HF_ENDPOINT"
+            ) from None
+        raise _download_error(exc, probe, SourceFile(requested, None, None, None), what) from None
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
+        raise DownloadError(f"{constants.ENDPOINT} gave no commit sha for {repo}@{requested} ({sha!r})")
+    return sha
+
+
 def _preflight(source: Source, file: SourceFile) -> int | None:
     """One HEAD request without retries: maps 401/404/unreachable to a clear error; returns the size."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -210,7 +235,10 @@ def _preflight(source: Source, file: SourceFile) -> int | None:
         raise _download_error(exc, source, file) from None
 
 
-def _download_error(exc: Exception, source: Source, file: SourceFile) -> DownloadError:
+def _download_error(
+    exc: Exception, source: Source, file: SourceFile, what: str | None = None
+) -> DownloadError:
+    """One line for a Hub failure; `what` names the request (default: downloading the file)."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -222,6 +250,7 @@ def _download_error(exc: Exception, source: Source, file: SourceFile) -> Downloa
     )
 
     repo, rev, endpoint = source.repo, source.revision, constants.ENDPOINT
+    what = what or f"download {repo}/{file.path}"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, GatedRepoError):
         msg = (
@@ -241,11 +270,11 @@ def _download_error(exc: Exception, source: Source, file: SourceFile) -> Downloa
         msg = f"the download of {repo}/{file.path} was cut short (got {got} of {want} bytes); run it again"
     elif _is_connection_error(exc):
         msg = (
-            f"cannot reach {endpoint} to download {repo}/{file.path} ({first_line}); check the network or "
+            f"cannot reach {endpoint} to {what} ({first_line}); check the network or "
             "HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached files only"
         )
     else:
-        msg = f"downloading {repo}/{file.path} from {endpoint} failed: {first_line}"
+        msg = f"{endpoint} failed to {what}: {first_line}"
     return DownloadError(msg)
 
 

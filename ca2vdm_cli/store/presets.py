@@ -1,6 +1,15 @@
 """Presets: the model cards shipped in the package (`ca2vdm_cli.bundled_weights`, the repository's
 `weights/`), the `sources` table of a downloadable card, and where downloads and converted models live.
 
+The `sources` schema is in card.py's docstring, plus: `revision` null (pinned on first download, below);
+transformer `format: "wan-wrapper"` (a causal Wan training-wrapper pickle, `models.wan.convert`) with
+`sub_dict` (the generator's top-level key) and an optional `lora` {path (one of the part's files),
+sub_dict, alpha (null: alpha = rank)} merged at conversion.
+
+A source's `revision` is a 40-hex commit sha, or null: "pin the repo's current commit on first download".
+What the first download found (the commit, each file's size and sha256) is kept in the preset's lock file
+(`pins.py`) and applied here, so from then on only that pin is trusted.
+
 Pure Python (no torch, no network), so `ca2vdm models` stays instant.
 """
 
@@ -23,8 +32,10 @@ DEFAULT_MODEL = "sprites"  # the embedded default model (weights/sprites/), used
 EMBEDDED_DEFAULT = "sprites"
 ROLES = ("transformer", "vae", "text_encoder", "tokenizer")
 # transformer formats: how `transformer` files become transformer.safetensors
-FORMATS = ("opensora-v1", "ca2vdm-official", "ca2vdm")
-_SOURCE_KEYS = {"repo", "revision", "files", "license", "format", "params", "notes"}
+FORMATS = ("opensora-v1", "ca2vdm-official", "ca2vdm", "wan-wrapper")
+FAMILY_FORMATS = {"stdit": FORMATS[:3], "wan": ("wan-wrapper", "ca2vdm")}
+_SOURCE_KEYS = {"repo", "revision", "files", "license", "format", "params", "notes", "sub_dict", "lora"}
+_LORA_KEYS = {"path", "sub_dict", "alpha"}
 _FILE_KEYS = {"path", "size", "approx_size", "sha256", "note"}
 _SHA1_OR_COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -37,10 +48,20 @@ class SourceFile:
     size: int | None  # exact bytes, when known
     approx_size: int | None  # bytes as shown on the Hub page ("3.04 GB"), for planning only
     sha256: str | None  # pinned content hash, when known
+    origin: str = "the model card"  # who pinned size/sha256: the card, or the lock file of a first download
 
     @property
     def planned_size(self) -> int:
         return self.size or self.approx_size or 0
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """A LoRA merged into the transformer at conversion (`wan-wrapper`): one of the part's files."""
+
+    path: str
+    sub_dict: str | None = "generator_lora"
+    alpha: float | None = None  # None: alpha = rank (scale 1)
 
 
 @dataclass(frozen=True)
@@ -49,12 +70,14 @@ class Source:
 
     role: str
     repo: str | None  # Hub repo id; None for a local-only part (`--weights PATH`)
-    revision: str | None  # pinned commit sha
+    revision: str | None  # pinned commit sha; None (Hub repo): pinned on first download (pins.py)
     files: tuple[SourceFile, ...]
     license: str
     format: str | None = None  # transformer only
     params: int | None = None  # parameter count, for memory planning when the files are not local
     notes: str = ""
+    sub_dict: str | None = None  # wan-wrapper: the pickle's top-level key holding the generator
+    lora: LoraSource | None = None  # wan-wrapper: a LoRA file among `files`, merged at conversion
 
     @property
     def local(self) -> bool:
@@ -63,6 +86,12 @@ class Source:
     @property
     def planned_size(self) -> int:
         return sum(f.planned_size for f in self.files)
+
+    @property
+    def checkpoint(self) -> SourceFile:
+        """The transformer file to convert (the one that is not the LoRA)."""
+        lora = self.lora.path if self.lora else None
+        return next(f for f in self.files if f.path != lora)
 
 
 def parse_sources(card: ModelCard) -> dict[str, Source]:
@@ -78,8 +107,15 @@ def parse_sources(card: ModelCard) -> dict[str, Source]:
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(_SOURCE_KEYS)}")
         repo, revision = raw.get("repo"), raw.get("revision")
-        if repo is not None and (not isinstance(revision, str) or not _SHA1_OR_COMMIT.fullmatch(revision)):
-            raise ConfigError(f"{where}: revision {revision!r} must be a pinned 40-hex commit sha")
+        if (
+            repo is not None
+            and revision is not None
+            and not (isinstance(revision, str) and _SHA1_OR_COMMIT.fullmatch(revision))
+        ):
+            raise ConfigError(
+                f"{where}: revision {revision!r} must be a pinned 40-hex commit sha, or null to pin the "
+                "repo's current commit on first download"
+            )
         files = []
         for entry in raw.get("files", []):
             if "path" not in entry or set(entry) - _FILE_KEYS:
@@ -91,8 +127,15 @@ def parse_sources(card: ModelCard) -> dict[str, Source]:
         if repo is not None and not files:
             raise ConfigError(f"{where}: a Hub source needs at least one file")
         fmt = raw.get("format")
-        if role == "transformer" and fmt not in FORMATS:
-            raise ConfigError(f"{where}: format {fmt!r} is not one of {FORMATS}")
+        if role == "transformer":
+            allowed = FAMILY_FORMATS.get(card.family, FORMATS)
+            if fmt not in allowed:
+                raise ConfigError(
+                    f"{where}: format {fmt!r} is not one of {allowed} (for family {card.family!r})"
+                )
+        lora = _parse_lora(raw, fmt, files, where)
+        if ("sub_dict" in raw or lora) and (role != "transformer" or fmt != "wan-wrapper"):
+            raise ConfigError(f"{where}: sub_dict and lora apply only to a 'wan-wrapper' transformer")
         out[role] = Source(
             role,
             repo,
@@ -102,8 +145,30 @@ def parse_sources(card: ModelCard) -> dict[str, Source]:
             fmt,
             raw.get("params"),
             raw.get("notes", ""),
+            raw.get("sub_dict"),
+            lora,
         )
     return out
+
+
+def _parse_lora(raw: dict, fmt: str | None, files: list[SourceFile], where: str) -> LoraSource | None:
+    """`lora`: {path (one of the part's files), sub_dict, alpha}; a wan-wrapper needs one other file."""
+    lora = raw.get("lora")
+    if lora is not None:
+        if not isinstance(lora, dict) or "path" not in lora or set(lora) - _LORA_KEYS:
+            raise ConfigError(f"{where}.lora needs 'path' and may have {sorted(_LORA_KEYS)}")
+        if raw.get("repo") is not None and lora["path"] not in {f.path for f in files}:
+            raise ConfigError(f"{where}.lora: path {lora['path']!r} is not one of the part's files")
+        alpha = lora.get("alpha")
+        lora = LoraSource(lora["path"], lora.get("sub_dict", "generator_lora"), alpha)
+    if fmt == "wan-wrapper" and raw.get("repo") is not None:
+        others = [f for f in files if lora is None or f.path != lora.path]
+        if len(others) != 1:
+            raise ConfigError(
+                f"{where}: a wan-wrapper part needs exactly one checkpoint file besides its LoRA, got "
+                f"{[f.path for f in others]}"
+            )
+    return lora
 
 
 def download_size(card: ModelCard) -> int:
@@ -180,8 +245,12 @@ def hub_cache(cache_dir: str | Path | None) -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def card_digest(card: ModelCard) -> str:
-    return hashlib.sha256(json.dumps(card.to_dict(), sort_keys=True).encode()).hexdigest()
+def card_digest(card: ModelCard, pins: dict[str, str] | None = None) -> str:
+    """Identity of a card as built: its dict, plus the commits pinned on first download (`pins.py`)."""
+    data: Any = card.to_dict()
+    if pins:
+        data = {"card": data, "pins": dict(sorted(pins.items()))}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def model_dir(card: ModelCard, cache_dir: str | Path | None, key: str) -> Path:
@@ -189,23 +258,37 @@ def model_dir(card: ModelCard, cache_dir: str | Path | None, key: str) -> Path:
     return ca2vdm_cache(cache_dir) / "models" / card.name / key
 
 
-def default_key(card: ModelCard) -> str | None:
-    src = parse_sources(card).get("transformer")
+def pinned_sources(card: ModelCard, cache_dir: str | Path | None) -> dict[str, Source]:
+    """The card's sources with what its lock file recorded on a first download (null revisions filled)."""
+    from ca2vdm_cli.store import pins
+
+    return pins.apply(parse_sources(card), pins.Lock.load(pins.lock_path(card, cache_dir)))
+
+
+def default_key(card: ModelCard, cache_dir: str | Path | None = None) -> str | None:
+    src = pinned_sources(card, cache_dir).get("transformer")
     return None if src is None or src.revision is None else src.revision[:12]
 
 
 def cache_status(card: ModelCard, cache_dir: str | Path | None = None) -> str:
     """ "built-in", "yes", "no", or "needs --weights" (a local checkpoint is needed) for `ca2vdm models`."""
+    from ca2vdm_cli.store import pins
+
     if not card.sources:
         return "built-in"
     if needs_local_weights(card):
         return "needs --weights"
-    key = default_key(card)
-    if key is None:
-        return "no"
-    manifest = model_dir(card, cache_dir, key) / "manifest.json"
     try:
-        done = json.loads(manifest.read_text()).get("card") == card_digest(card)
+        sources = pinned_sources(card, cache_dir)
+    except ConfigError:  # an unreadable lock file: `download` says so
+        return "no"
+    trans = sources.get("transformer")
+    if trans is None or trans.revision is None:
+        return "no"
+    manifest = model_dir(card, cache_dir, trans.revision[:12]) / "manifest.json"
+    digest = card_digest(card, pins.first_download_pins(card, sources))
+    try:
+        done = json.loads(manifest.read_text()).get("card") == digest
     except (OSError, json.JSONDecodeError):
         done = False
     return "yes" if done else "no"
@@ -219,4 +302,10 @@ def card_summary(card: ModelCard) -> dict[str, Any]:
         "download": format_bytes(download_size(card), digits=2, decimal=True) if card.sources else "-",
         "license": card.license,
         "use": card.intended_use,
+        "family": card.family,
+        "parts": {
+            role: f"{src.repo}@{src.revision[:7] if src.revision else 'first download'}"
+            for role, src in parse_sources(card).items()
+            if src.repo is not None
+        },
     }

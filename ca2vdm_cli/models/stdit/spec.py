@@ -13,6 +13,7 @@ CONFIG = ModelConfig
 SAMPLING = SamplingConfig
 ENGINES = ("cache", "recompute", "recompute-full")
 WHOLE_BLOCKS = False  # the last AR step may be shorter than --chunk
+PROMPT_SWITCHES = False  # no prompt timeline: the cached frames keep the prompt they were made under
 
 
 def model_rows(sampling: SamplingConfig, batch: int) -> int:

@@ -130,15 +130,42 @@ class WanCacheDenoiser:
             sink_size=sampling.sink_frames,
         )
         self.context: Tensor | None = None
+        self.history: list[tuple[int, Tensor]] = []  # (first frame, clean latents) a switch may re-encode
 
     def reset(self, condition: Tensor | None = None) -> None:
         self.cache.reset()
+        self.history = []
         self.context = condition
         if condition is not None:
             self.model.prepare_context(self.cache, condition)
 
     def write(self, clean: Tensor) -> None:
-        self.model.write_cache(self.cache, clean, self._context(), self.cache.written)
+        start = self.cache.written
+        self.model.write_cache(self.cache, clean, self._context(), start)
+        self.history.append((start, clean))
+        keep_from = self.cache.written - self.cache.past_frames  # older non-sink frames are gone anyway
+        sink = self.cache.ring.sink
+        self.history = [(f, z) for f, z in self.history if f + z.shape[2] > keep_from or f < sink]
+
+    def switch(self, condition: Tensor) -> None:
+        """A new prompt from the next block on (LongLive's KV re-cache): the prompt's cross K/V are
+        replaced, then the newest past frames are written again at t = 0 under the new prompt, at their
+        absolute positions, block by block as they were first written, against the sinks (which keep the
+        first prompt's K/V). A block only partly inside the window is rewritten whole (its older frames are
+        evicted again by the writes after it). When the rewrite would reach into the sinks (a switch early
+        in the video) everything is rewritten, sinks included."""
+        cache = self.cache
+        self.context = condition
+        self.model.prepare_context(cache, condition)
+        sink = cache.ring.sink
+        needed = cache.written - (cache.past_frames - sink)  # the oldest non-sink frame still held
+        starts = [f for f, _ in self.history]
+        first = max((i for i, f in enumerate(starts) if f <= needed), default=0)
+        if starts[first] < sink or needed <= sink:
+            first = 0
+        cache.ring.restart(starts[first])
+        for f, z in self.history[first:]:
+            self.model.write_cache(cache, z, condition, f)
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
         return self.model.denoise(self.cache, x, t, self._context(), self.cache.written)
@@ -165,6 +192,11 @@ class WanRecomputeDenoiser:
 
     def write(self, clean: Tensor) -> None:
         self.blocks.append(clean)
+
+    def switch(self, condition: Tensor) -> None:
+        raise ConfigError(
+            "prompt switches run with the cache engine (the no-cache baseline replays one prompt)"
+        )
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
         self.inner.cache.ring.reset()  # forget the past; the prompt's cross K/V stay (they never change)
@@ -203,10 +235,12 @@ def sample_video(
     engine: str | WanCacheDenoiser | WanRecomputeDenoiser = "cache",
     replay: Sequence[Tensor] = (),
     on_step: StepCallback | None = None,
+    switches: dict[int, tuple[Tensor, Tensor | None]] | None = None,
 ) -> Iterator[Tensor]:
     """Generate `num_frames` new latent frames (a multiple of the model's block) after `prefix`
     (B, C, P, H, W), yielding each block (B, C, n, H, W) as soon as it is denoised. `y` (B, L, text_dim) is
-    the encoded prompt; rows where `y_mask` (B, L) is 0 are zeroed (the official padding)."""
+    the encoded prompt; rows where `y_mask` (B, L) is 0 are zeroed (the official padding). `switches`
+    maps a block index to the encoded prompt (y, y_mask) from that block on (a prompt timeline)."""
     config.validate(model.cfg)
     n = model.cfg.num_frame_per_block
     if num_frames < 1 or num_frames % n:
@@ -217,9 +251,14 @@ def sample_video(
     if y is None:
         raise ConfigError("a causal Wan model needs an encoded prompt (y)")
     device = next(model.parameters()).device
-    context = y.to(device)
-    if y_mask is not None:
-        context = context * y_mask.to(device, context.dtype)[..., None]  # (B, L, text_dim)
+
+    def masked(y: Tensor, y_mask: Tensor | None) -> Tensor:
+        context = y.to(device)
+        if y_mask is not None:
+            context = context * y_mask.to(device, context.dtype)[..., None]  # (B, L, text_dim)
+        return context
+
+    context = masked(y, y_mask)
     denoiser = (
         make_denoiser(engine, model, len(seeds), config, latent_size) if isinstance(engine, str) else engine
     )
@@ -234,4 +273,5 @@ def sample_video(
         prefix=prefix,
         replay=replay,
         on_step=on_step,
+        switches={k: masked(*yk) for k, yk in (switches or {}).items()},
     )

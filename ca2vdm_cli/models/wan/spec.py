@@ -20,6 +20,7 @@ from ca2vdm_cli.models.wan.flops import kv_cache_bytes, param_count, tokens_per_
 CONFIG = WanConfig
 ENGINES = ("cache", "recompute")
 WHOLE_BLOCKS = True  # every AR step is one whole block of the trained size
+PROMPT_SWITCHES = True  # a prompt timeline: the window is re-encoded under the new prompt (LongLive)
 
 NUM_TRAIN_STEPS = 1000
 # generic request fields that have no meaning here, and what to say instead
