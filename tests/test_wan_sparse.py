@@ -184,6 +184,28 @@ def test_tempcache_memory_does_not_grow() -> None:
     assert set(cache.merge_rates()) == set(range(model.cfg.num_layers))
 
 
+def test_restart_rewrites_like_dense() -> None:
+    """A prompt switch's re-encode (restart, then write the newest blocks again) under TempCache at τ = 1
+    with dense-equivalent sparse attention equals the dense cache doing the same."""
+    model = _tiny(local_attn_size=7, sink_size=1, num_frame_per_block=2)
+    clean, noisy, t, ctx = _data(model, blocks=6)
+    other = torch.randn_like(ctx)
+    opts = AttentionOptions(kv_compress="tempcache", tempcache_threshold=1.0, sparse_self="topk-blocks",
+                            topk_density=1.0, key_block=2)  # fmt: skip
+    outs = []
+    for o in (None, opts):
+        cache = model.new_cache(batch_size=2, max_frames=0, frame_shape=HW, attention=o)
+        for s in range(0, 8, 2):
+            model.denoise(cache, noisy[:, :, s : s + 2], t[:, s : s + 2], ctx, s)
+            model.write_cache(cache, clean[:, :, s : s + 2], ctx, s)
+        cache.restart(4)
+        for s in (4, 6):
+            model.denoise(cache, noisy[:, :, s : s + 2], t[:, s : s + 2], other, s)
+            model.write_cache(cache, clean[:, :, s : s + 2], other, s)
+        outs.append(model.denoise(cache, noisy[:, :, 8:10], t[:, 8:10], other, 8))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------- AnnCA
 def test_padding_collapse_is_exact() -> None:
     model = _tiny()

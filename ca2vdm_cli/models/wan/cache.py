@@ -122,6 +122,12 @@ class WanKVCache:
         self.cross = CrossState()
         self.sparse.clear()
 
+    def restart(self, start: int) -> None:
+        """Forget every non-sink frame and write next at absolute frame `start` (a prompt switch's
+        re-encode, `FrameRing.restart`); per-block AnnSA indexes are dropped with them."""
+        self.ring.restart(start)
+        self.sparse.clear()
+
     # ------------------------------------------------------------------ prompt
     def has_context(self, context: Tensor) -> bool:
         """Whether the cross K/V were computed from this very tensor, unmodified since."""

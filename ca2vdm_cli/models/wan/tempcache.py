@@ -88,6 +88,18 @@ class TempWanKVCache(WanKVCache):
         self.used = [0] * len(self.used)
         self._bias = [None] * len(self._bias)
 
+    def restart(self, start: int) -> None:
+        """Free every slot holding a non-sink frame (or, before the sinks are complete, a frame >= start)
+        and write next at `start`; merged groups cannot be split, so the re-encode starts clean."""
+        keep_below = min(start, self.ring.sink)
+        super().restart(start)
+        gone = self.last >= keep_below  # (L, B, h, P)
+        self.count[gone] = 0
+        self.last[gone] = -1
+        self.latest.fill_(-1)
+        self.used = [min(u, keep_below * self.tokens_per_frame) for u in self.used]
+        self._bias = [None] * len(self._bias)
+
     def window(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """[slots 0..used−1 ; the block's k, v (B, h, n·S, d)] of one layer, as views; the block goes into
         slots past `used` (free or the scratch), so the pool's state is unchanged."""
