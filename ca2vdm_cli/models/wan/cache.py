@@ -13,7 +13,8 @@ that is never read (a FrameRing needs sink < capacity).
 Positions: `absolute` stores keys rotated at their absolute frame; `relative` stores them un-rotated
 and the model rotates the window by each frame's rank in it at read time.
 
-Cross-attention K/V of one prompt live here too (`context_k`, `context_v`, (L, B, heads, text_len,
+`options` (AttentionOptions) selects the approximations; `TempWanKVCache` (tempcache.py) is the merged
+variant. Cross-attention K/V of one prompt live here too (`context_k`, `context_v`, (L, B, heads, text_len,
 head_dim)), keyed on the identity and version of the context tensor they came from.
 """
 
@@ -24,6 +25,9 @@ from torch import Tensor
 
 from ca2vdm_cli.engine.ring import FrameRing
 from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
+from ca2vdm_cli.models.sparse_attention import AttentionStats
+from ca2vdm_cli.models.wan.cross import CrossState
 
 
 class WanKVCache:
@@ -44,6 +48,7 @@ class WanKVCache:
         windowed: bool,
         device: torch.device | str,
         dtype: torch.dtype,
+        options: AttentionOptions = DENSE,
     ) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -55,14 +60,21 @@ class WanKVCache:
         self.grid, self.position_mode, self.windowed = grid, position_mode, windowed
         self.tokens_per_frame = grid[0] * grid[1]
         self.ring = FrameRing(max(past_frames, sink_frames + 1), sink_frames)
-        slots = self.ring.capacity + block_frames
-        shape = (num_layers, batch_size, num_heads, slots * self.tokens_per_frame, head_dim)
+        self.options = options
+        self.stats: AttentionStats | None = None  # set to collect merge rate / density / retained mass
+        self.cross = CrossState()  # AnnCA: the prompt's padding bias and per-frame selections
+        self.sparse: dict[int, tuple[int, object]] = {}  # AnnSA: layer -> (written, key index)
+        shape = (num_layers, batch_size, num_heads, self._slots() * self.tokens_per_frame, head_dim)
         self._k = torch.zeros(shape, device=device, dtype=dtype)
         self._v = torch.zeros(shape, device=device, dtype=dtype)
         self.context_k: Tensor | None = None
         self.context_v: Tensor | None = None
         self._context_src: Tensor | None = None
         self._context_version = -1
+
+    def _slots(self) -> int:
+        """Frame slots per layer: the ring plus the block's scratch."""
+        return self.ring.capacity + self.block_frames
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -107,18 +119,39 @@ class WanKVCache:
         self.ring.reset()
         self.context_k = self.context_v = self._context_src = None
         self._context_version = -1
+        self.cross = CrossState()
+        self.sparse.clear()
+
+    def restart(self, start: int) -> None:
+        """Forget every non-sink frame and write next at absolute frame `start` (a prompt switch's
+        re-encode, `FrameRing.restart`); per-block AnnSA indexes are dropped with them."""
+        self.ring.restart(start)
+        self.sparse.clear()
 
     # ------------------------------------------------------------------ prompt
     def has_context(self, context: Tensor) -> bool:
         """Whether the cross K/V were computed from this very tensor, unmodified since."""
         return self._context_src is context and context._version == self._context_version
 
-    def set_context(self, context: Tensor, k: Tensor, v: Tensor) -> None:
-        """Store the cross K/V (L, B, heads, text_len, head_dim) of `context`."""
+    def set_context(self, context: Tensor, k: Tensor, v: Tensor, cross: CrossState | None = None) -> None:
+        """Store the cross K/V (L, B, heads, rows, head_dim) of `context` (rows = text_len, or fewer after
+        AnnCA's padding collapse, whose bias `cross` carries)."""
         self.context_k, self.context_v = k, v
         self._context_src, self._context_version = context, context._version
+        self.cross = cross or CrossState()
 
     # ------------------------------------------------------------------ self-attention K/V
+    def key_bias(self, layer: int, n_own: int) -> Tensor | None:
+        """Additive logit bias of the window's keys (None: every key counts once)."""
+        return None
+
+    def always_keys(self, layer: int) -> Tensor:
+        """Visible past slots AnnSA always attends densely (sink frames, the previous frame): (1, 1, M)."""
+        s, K = self.written, self.ring.sink
+        frames = torch.tensor(self.visible_frames(), device=self._k.device)  # (m,)
+        dense = (frames < K) | (frames == s - 1)
+        return dense.repeat_interleave(self.tokens_per_frame)[None, None]
+
     def window(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """[visible past (slot order) ; the block's k, v (B, heads, n·S, head_dim)] of one layer as views.
         The block goes into slots past the valid ones, so the cache's state is unchanged."""

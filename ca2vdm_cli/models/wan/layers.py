@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 # (q, k, v) of the block, each (B, heads, N, head_dim), un-rotated → attention output (B, heads, N, head_dim)
 SelfAttend = Callable[[Tensor, Tensor, Tensor], Tensor]
+# (q (B, heads, N, head_dim), prompt k, v (B, heads, rows, head_dim)) → (B, heads, N, head_dim)
+CrossAttend = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -81,9 +83,11 @@ class CrossAttention(nn.Module):
         """text (B, text_len, d) → k, v (B, h, text_len, hd)."""
         return _heads(self.norm_k(self.k(text)), self.num_heads), _heads(self.v(text), self.num_heads)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, attend: CrossAttend | None = None) -> Tensor:
+        """x (B, N, d); `attend` replaces plain SDPA (AnnCA)."""
         q = _heads(self.norm_q(self.q(x)), self.num_heads)  # (B, h, N, hd)
-        return self.o(_merge(F.scaled_dot_product_attention(q, k, v)))  # (B, N, d)
+        out = F.scaled_dot_product_attention(q, k, v) if attend is None else attend(q, k, v)  # (B, h, N, hd)
+        return self.o(_merge(out))  # (B, N, d)
 
 
 class WanBlock(nn.Module):
@@ -101,7 +105,15 @@ class WanBlock(nn.Module):
             nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
         )
 
-    def forward(self, x: Tensor, e0: Tensor, attend: SelfAttend, ctx_k: Tensor, ctx_v: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        e0: Tensor,
+        attend: SelfAttend,
+        ctx_k: Tensor,
+        ctx_v: Tensor,
+        cross_attend: CrossAttend | None = None,
+    ) -> Tensor:
         """x (B, F·S, d) tokens of F frames; e0 (B, F, 6, d) per-frame modulation."""
         B, N, d = x.shape
         nf = e0.shape[1]
@@ -110,7 +122,7 @@ class WanBlock(nn.Module):
         x = x.view(B, nf, N // nf, d)  # (B, F, S, d)
         h = (self.norm1(x) * (1 + scale_sa) + shift_sa).view(B, N, d)  # (B, N, d)
         x = x + gate_sa * self.self_attn(h, attend).view_as(x)  # (B, F, S, d)
-        x = x + self.cross_attn(self.norm3(x).view(B, N, d), ctx_k, ctx_v).view_as(x)  # (B, F, S, d)
+        x = x + self.cross_attn(self.norm3(x).view(B, N, d), ctx_k, ctx_v, cross_attend).view_as(x)
         h = (self.norm2(x) * (1 + scale_ff) + shift_ff).view(B, N, d)  # (B, N, d)
         x = x + gate_ff * self.ffn(h).view_as(x)  # (B, F, S, d)
         return x.view(B, N, d)

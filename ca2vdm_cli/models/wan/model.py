@@ -4,7 +4,8 @@ Per block of n latent frames at absolute start s: every denoising call (`denoise
 cached past, plus the block's own fresh K/V, and returns the flow v ≈ ε − x0; after the last step the
 clean x0 runs once at t = 0 (`write_cache`) and only that pass writes the K/V later blocks see. The
 prompt's cross-attention K/V are computed once per context tensor (`prepare_context`, or implicitly by
-the first call that sees a new tensor) and kept in the cache.
+the first call that sees a new tensor) and kept in the cache. The cache's `AttentionOptions`
+(`new_cache(..., attention=...)`) switch on TempCache, AnnCA and AnnSA; the default is plain dense SDPA.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
+from ca2vdm_cli.models.sparse_attention import build_key_index, lsh_projection, sparse_attention
 from ca2vdm_cli.models.wan.cache import WanKVCache
 from ca2vdm_cli.models.wan.config import WanConfig
+from ca2vdm_cli.models.wan.cross import collapse_padding, cross_attend
 from ca2vdm_cli.models.wan.layers import LayerNorm, SelfAttend, WanBlock
 from ca2vdm_cli.models.wan.rope import apply_rope, rope_tables, token_freqs
+from ca2vdm_cli.models.wan.tempcache import TempWanKVCache
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +114,13 @@ class CausalWan(nn.Module):
         position_mode: str | None = None,
         local_attn_size: int | None = None,
         sink_size: int | None = None,
+        attention: AttentionOptions | None = None,
     ) -> WanKVCache:
         """A cache for latent frames of frame_shape (H, W). Window mode holds local_attn_size − n past frames
-        (sinks included); global mode holds max_frames. `position_mode`, `local_attn_size` and `sink_size`
-        override the config's for this run (e.g. a window and sink on a globally trained model)."""
+        (sinks included); global mode holds max_frames (TempCache: `tempcache_budget_frames` if set).
+        `position_mode`, `local_attn_size` and `sink_size` override the config's for this run (e.g. a
+        window and sink on a globally trained model); `attention` selects TempCache / AnnCA / AnnSA
+        (default dense)."""
         changes = {
             k: v
             for k, v in (
@@ -124,6 +132,8 @@ class CausalWan(nn.Module):
         }
         cfg = dataclasses.replace(self.cfg, **changes) if changes else self.cfg  # validates the window
         mode = cfg.position_mode
+        opts = attention or DENSE
+        opts.check_supported(model="CausalWan", has_text=True, absolute_positions=mode == "absolute")
         H, W = frame_shape
         _, ph, pw = cfg.patch_size
         if H % ph or W % pw or ph > H or pw > W:
@@ -138,10 +148,11 @@ class CausalWan(nn.Module):
         if past < 0:
             raise InputError(f"max_frames must be >= 0, got {max_frames}")
         p = next(self.parameters())
-        return WanKVCache(
+        kind = TempWanKVCache if opts.kv_compress == "tempcache" else WanKVCache
+        return kind(
             num_layers=cfg.num_layers, batch_size=batch_size, past_frames=past, sink_frames=cfg.sink_size,
             block_frames=n, grid=grid, num_heads=cfg.num_heads, head_dim=cfg.head_dim, position_mode=mode,
-            windowed=cfg.windowed, device=p.device, dtype=p.dtype,
+            windowed=cfg.windowed, device=p.device, dtype=p.dtype, options=opts,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -157,7 +168,14 @@ class CausalWan(nn.Module):
         padded = F.pad(context, (0, 0, 0, self.cfg.text_len - L))  # (B, text_len, text_dim)
         text = self.text_embedding(padded.to(self.head.head.weight.dtype))  # (B, text_len, d)
         kv = [blk.cross_attn.context_kv(text) for blk in self.blocks]
-        cache.set_context(context, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+        k, v = (
+            torch.stack([k for k, _ in kv]),
+            torch.stack([v for _, v in kv]),
+        )  # (layers, B, h, text_len, hd)
+        if cache.options.sparse_cross == "none":
+            cache.set_context(context, k, v)
+        else:
+            cache.set_context(context, *collapse_padding(context, k, v))
 
     # ------------------------------------------------------------------ the two passes
     @torch.no_grad()
@@ -188,8 +206,10 @@ class CausalWan(nn.Module):
         grid = (h.shape[3], h.shape[4])
         h = h.flatten(2).transpose(1, 2)  # (B, F·S, d)
         attend_for = self._attention(cache, s, nf, grid, write)
+        S = grid[0] * grid[1]
         for layer, block in enumerate(self.blocks):
-            h = block(h, e0, attend_for(layer), cache.context_k[layer], cache.context_v[layer])  # (B, F·S, d)
+            cross = cross_attend(cache.cross, cache.options, layer, s, S, cache.stats)
+            h = block(h, e0, attend_for(layer), cache.context_k[layer], cache.context_v[layer], cross)
         if write:
             return h
         out = self.head(h, e)  # (B, F·S, p·q·r·c)
@@ -242,7 +262,14 @@ class CausalWan(nn.Module):
                 k_all, v_all = cache.window(layer, k_own, v)  # (B, h, M, hd)
                 if keys is not None:
                     k_all = apply_rope(k_all, keys)
-                out = F.scaled_dot_product_attention(q, k_all, v_all)  # (B, h, N, hd)
+                bias = cache.key_bias(layer, k_own.shape[2])  # (B, h, 1, M) or None
+                n_past = k_all.shape[2] - k_own.shape[2]
+                if cache.options.sparse_self != "none" and n_past > 0:
+                    out = _sparse_self(cache, layer, q, k_all, v_all, n_past, bias)
+                elif bias is None:
+                    out = F.scaled_dot_product_attention(q, k_all, v_all)  # (B, h, N, hd)
+                else:
+                    out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias)
                 if write:
                     cache.store(layer, k_own, v)
                 return out
@@ -264,3 +291,27 @@ class CausalWan(nn.Module):
         (p, q, r), c, (gh, gw) = self.cfg.patch_size, self.cfg.out_dim, grid
         x = out.view(B, nf, gh, gw, p, q, r, c).permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, c, F, p, h, q, w, r)
         return x.reshape(B, c, nf * p, gh * q, gw * r)
+
+
+def _sparse_self(
+    cache: WanKVCache, layer: int, q: Tensor, k: Tensor, v: Tensor, n_past: int, bias: Tensor | None
+) -> Tensor:
+    """AnnSA over [past ; own block]: the past's key index is built at the block's first call and reused."""
+    opts = cache.options
+    entry = cache.sparse.get(layer)
+    if entry is None or entry[0] != cache.written:
+        proj = None
+        if opts.sparse_self == "lsh":
+            proj = lsh_projection(q.shape[-1], opts.lsh_bits, opts.seed, layer, q.device, q.dtype)
+        past_bias = None if bias is None else bias[..., :n_past]
+        mode = "lsh" if opts.sparse_self == "lsh" else "topk"
+        index = build_key_index(
+            mode, k[:, :, :n_past], past_bias, cache.always_keys(layer), opts.key_block, proj
+        )
+        entry = (cache.written, index)
+        cache.sparse[layer] = entry
+    return sparse_attention(
+        q, k, v, n_past, bias, entry[1],  # type: ignore[arg-type]
+        mode="lsh" if opts.sparse_self == "lsh" else "topk", query_block=opts.query_block,
+        key_block=opts.key_block, density=opts.topk_density, stats=cache.stats, layer=layer,
+    )  # fmt: skip
