@@ -219,3 +219,50 @@ def test_a_gpu_too_small_is_refused_before_loading_and_the_text_encoder_placed_b
         check_memory(plan, "cuda", _torch.bfloat16, "device", available=8 * GIB)
     message = str(info.value)
     assert "--text-encoder cpu" in message and "--window" in message and "--dtype bf16" in message
+
+
+def test_exact_attention_options_reproduce_dense_through_the_pipeline(wan_dir):
+    """TempCache at threshold 1.0 (only identical keys merge) and the padding collapse are exact; the plan's
+    KV bytes are the TempCache pool the denoiser allocates."""
+    from ca2vdm_cli.engine.pipeline import Pipeline
+    from ca2vdm_cli.models.attention_opts import AttentionOptions
+
+    pipeline = Pipeline.from_model_dir(wan_dir)
+    exact = AttentionOptions(kv_compress="tempcache", tempcache_threshold=1.0, sparse_cross="pad")
+    runs = {}
+    for name, attention in (("dense", None), ("exact", exact)):
+        request = GenerateRequest(prompt="a red circle", frames=10, seed=3, window=6, sink_frames=2,
+                                  attention=attention)  # fmt: skip
+        runs[name] = torch.cat([c.latents for c in pipeline.generate(request)], dim=2)
+    torch.testing.assert_close(runs["exact"], runs["dense"], atol=1e-5, rtol=1e-5)
+    inputs = check_inputs(pipeline.card, request)
+    denoiser = pipeline.denoiser("cache", inputs.sampling, 1)
+    assert pipeline.cache_bytes(inputs.sampling) == denoiser.cache.nbytes + denoiser.cache.scratch_nbytes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--kv-compress", "tempcache", "--tempcache-threshold", 1.5),
+            "--tempcache-threshold must lie in (0.0",
+        ),
+        (("--kv-compress", "tempcache", "--positions", "relative"), "use position_mode='absolute'"),
+        (("--sparse-self", "topk-blocks", "--topk-density", 0), "--topk-density must lie in (0"),
+    ],
+)
+def test_bad_attention_options_are_one_error_line(cli, wan_dir, tmp_path, args, message):
+    code, _, err = cli("generate", "--model", wan_dir, "-p", "x", "--frames", 9, "--out", tmp_path / "a.mp4",
+                       *args)  # fmt: skip
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_ca2vdm_model_refuses_the_attention_options(tmp_path):
+    from tests.factories import tiny_card
+
+    with pytest.raises(Exception, match="implemented for the causal Wan family only"):
+        from ca2vdm_cli.models.attention_opts import AttentionOptions
+
+        check_inputs(
+            tiny_card(), GenerateRequest(prompt="a", frames=9, attention=AttentionOptions(sparse_cross="pad"))
+        )

@@ -58,6 +58,15 @@ def bench(
     window: options.Window = None,
     sink_frames: options.SinkFrames = None,
     positions: options.Positions = None,
+    kv_compress: options.KvCompress = None,
+    tempcache_threshold: options.TempcacheThreshold = None,
+    tempcache_budget: options.TempcacheBudget = None,
+    tempcache_max_count: options.TempcacheMaxCount = None,
+    sparse_cross: options.SparseCross = None,
+    cross_topk: options.CrossTopk = None,
+    sparse_self: options.SparseSelf = None,
+    topk_density: options.TopkDensity = None,
+    lsh_bits: options.LshBits = None,
     device: options.Device = None,
     dtype: options.Dtype = None,
     compile: options.Compile = False,
@@ -136,7 +145,22 @@ def bench(
         seed=seed,
         text_on_cpu=text_on_cpu,
     )
-    attention = {"window": window, "sink_frames": sink_frames, "position_mode": positions}
+    from ca2vdm_cli.cli.render import attention_options
+
+    opts = attention_options(
+        dict(
+            kv_compress=kv_compress,
+            tempcache_threshold=tempcache_threshold,
+            tempcache_budget=tempcache_budget,
+            tempcache_max_count=tempcache_max_count,
+            sparse_cross=sparse_cross,
+            cross_topk=cross_topk,
+            sparse_self=sparse_self,
+            topk_density=topk_density,
+            lsh_bits=lsh_bits,
+        )
+    )
+    attention = dict(window=window, sink_frames=sink_frames, position_mode=positions, attention=opts)
     attention = {k: v for k, v in attention.items() if v is not None}
     if attention:  # the causal Wan family's run-time attention (other families refuse it in one line)
         setup.sampling = setup.sampling.replace(**attention)

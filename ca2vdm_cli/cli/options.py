@@ -56,6 +56,44 @@ Positions = Annotated[
         "[default: model card]"
     ),
 ]
+KvCompress = Annotated[
+    Literal["none", "tempcache"] | None,
+    typer.Option(
+        help="Causal Wan: TempCache merges near-duplicate cached keys of consecutive frames (training-free; "
+        "docs/tempcache.md). [default: none]"
+    ),
+]
+TempcacheThreshold = Annotated[
+    float | None,
+    typer.Option(help="TempCache: post-RoPE cosine at which keys merge, in (0, 1]. [default: 0.95]"),
+]
+TempcacheBudget = Annotated[
+    int | None, typer.Option(help="TempCache: slots in frames of tokens. [default: the dense cache's]")
+]
+TempcacheMaxCount = Annotated[
+    int | None, typer.Option(help="TempCache: most keys one slot may merge. [default: unbounded]")
+]
+SparseCross = Annotated[
+    Literal["none", "pad", "topk"] | None,
+    typer.Option(
+        help="Causal Wan: AnnCA; pad = the prompt's padding rows as one key (exact), topk = also keep the "
+        "top --cross-topk prompt tokens per frame. [default: none]"
+    ),
+]
+CrossTopk = Annotated[
+    int | None, typer.Option(help="AnnCA topk: prompt tokens kept per frame. [default: 64]")
+]
+SparseSelf = Annotated[
+    Literal["none", "lsh", "topk-blocks"] | None,
+    typer.Option(
+        help="Causal Wan: AnnSA; each query block reads the cached keys in its LSH buckets (or the "
+        "--topk-density best key blocks), plus sink, previous frame and itself. [default: none]"
+    ),
+]
+TopkDensity = Annotated[
+    float | None, typer.Option(help="AnnSA topk-blocks: fraction of key blocks kept. [default: 0.25]")
+]
+LshBits = Annotated[int | None, typer.Option(help="AnnSA lsh: random-projection bits. [default: 6]")]
 PrefixPerturbT = Annotated[
     int | None, typer.Option(help="Noise level (0-999) of frames written to the cache. [default: card]")
 ]

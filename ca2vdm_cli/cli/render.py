@@ -93,6 +93,7 @@ def plan_render(
         window=settings.get("window"),
         sink_frames=settings.get("sink_frames"),
         position_mode=settings.get("positions"),
+        attention=attention_options(settings),
     )
     inputs = check_inputs(card, request)
     out = Path(settings["out"])
@@ -122,6 +123,39 @@ def plan_render(
     return Plan(
         model_dir, card, request, inputs, out, codec, quality, fps, frames_dir, sidecar, state, replay
     )
+
+
+ATTENTION_SETTINGS = {  # setting / flag name -> AttentionOptions field
+    "kv_compress": "kv_compress",
+    "tempcache_threshold": "tempcache_threshold",
+    "tempcache_budget": "tempcache_budget_frames",
+    "tempcache_max_count": "tempcache_max_count",
+    "sparse_cross": "sparse_cross",
+    "cross_topk": "cross_topk",
+    "sparse_self": "sparse_self",
+    "topk_density": "topk_density",
+    "lsh_bits": "lsh_bits",
+}
+
+
+def attention_options(settings: dict[str, Any]) -> Any:
+    """The TempCache / AnnCA / AnnSA settings as one `AttentionOptions` (None when none is given: the card's
+    dense attention); a value out of range is one ConfigError naming it."""
+    given = {
+        field: settings[key] for key, field in ATTENTION_SETTINGS.items() if settings.get(key) is not None
+    }
+    if not given:
+        return None
+    from ca2vdm_cli.errors import ConfigError
+    from ca2vdm_cli.models.attention_opts import AttentionOptions
+
+    try:
+        return AttentionOptions(**given)
+    except ConfigError as exc:  # name the flag, not the field
+        message = str(exc)
+        for key, field in sorted(ATTENTION_SETTINGS.items(), key=lambda kv: -len(kv[1])):
+            message = message.replace(field, "--" + key.replace("_", "-"))
+        raise ConfigError(message) from None
 
 
 def prompt_timeline(prompt: Any, at: Any) -> tuple[str, tuple[tuple[int, str], ...]]:

@@ -33,6 +33,7 @@ SAMPLING_FIELDS = (
     "window",
     "sink_frames",
     "position_mode",
+    "attention",
 )
 
 
@@ -54,6 +55,7 @@ class GenerateRequest:
     window: int | None = None  # causal Wan: attention window in latent frames (-1 = global)
     sink_frames: int | None = None  # causal Wan: frames pinned at the front of the window
     position_mode: str | None = None  # causal Wan: "absolute" | "relative" RoPE time positions
+    attention: Any = None  # causal Wan: `models.attention_opts.AttentionOptions` (TempCache, AnnCA, AnnSA)
     engine: str = "cache"
     decode_batch: int = 16  # frames per VAE decode call
     timeline: tuple[tuple[int, str], ...] = ()  # (video frame, prompt) switches after the first prompt

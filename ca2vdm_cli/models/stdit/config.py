@@ -311,6 +311,11 @@ class SamplingConfig:
     def replace(self, **changes: Any) -> SamplingConfig:
         """Run-time overrides; an option of another family is one ConfigError naming it."""
         names = {f.name for f in dataclasses.fields(self)}
+        if "attention" in changes:
+            raise ConfigError(
+                "--kv-compress / --sparse-cross / --sparse-self are implemented for the causal Wan family "
+                "only; this CausalSTDiT model runs dense attention: drop them"
+            )
         for name in changes:
             if name not in names:
                 flag = "--" + name.replace("_", "-").replace("position-mode", "positions")

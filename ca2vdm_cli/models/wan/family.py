@@ -128,6 +128,7 @@ class WanCacheDenoiser:
             position_mode=sampling.position_mode,
             local_attn_size=sampling.window,
             sink_size=sampling.sink_frames,
+            attention=sampling.attention,
         )
         self.context: Tensor | None = None
         self.history: list[tuple[int, Tensor]] = []  # (first frame, clean latents) a switch may re-encode
@@ -163,7 +164,7 @@ class WanCacheDenoiser:
         first = max((i for i, f in enumerate(starts) if f <= needed), default=0)
         if starts[first] < sink or needed <= sink:
             first = 0
-        cache.ring.restart(starts[first])
+        cache.restart(starts[first])  # drops TempCache groups and AnnSA indexes of the forgotten frames
         for f, z in self.history[first:]:
             self.model.write_cache(cache, z, condition, f)
 

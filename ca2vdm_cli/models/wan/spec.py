@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
 from ca2vdm_cli.models.wan.config import POSITION_MODES, WanConfig
 from ca2vdm_cli.models.wan.flops import kv_cache_bytes, param_count, tokens_per_frame
 
@@ -50,6 +51,7 @@ class WanSampling:
     max_frames: int = 18  # + the block being denoised = 21 latent frames = 81 video frames
     position_mode: str = "absolute"
     cfg_scale: float = 1.0  # distilled: no guidance
+    attention: AttentionOptions = DENSE  # TempCache / AnnCA / AnnSA (issue 15); dense by default
 
     @property
     def steps(self) -> int:
@@ -91,6 +93,9 @@ class WanSampling:
             raise ConfigError(f"--positions {self.position_mode!r} is not one of {', '.join(POSITION_MODES)}")
         if self.sink_frames < 0:
             raise ConfigError(f"--sink-frames {self.sink_frames} must be >= 0")
+        self.attention.check_supported(
+            model="the causal Wan DiT", has_text=True, absolute_positions=self.position_mode == "absolute"
+        )
         if self.window == -1:
             if self.sink_frames:
                 raise ConfigError(
@@ -122,8 +127,9 @@ class WanSampling:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["timesteps"] = list(self.timesteps)
+        d["attention"] = self.attention.to_dict()
         return d
 
     @classmethod
@@ -135,6 +141,8 @@ class WanSampling:
         d = dict(d)
         if "timesteps" in d:
             d["timesteps"] = tuple(int(t) for t in d["timesteps"])
+        if "attention" in d:
+            d["attention"] = AttentionOptions.from_dict(d["attention"])
         return cls(**d)
 
     def replace(self, **changes: Any) -> WanSampling:
@@ -209,7 +217,17 @@ def cache_bytes(
     n, w = sampling.chunk, sampling.window
     # allocated as `WanKVCache` does: the past (one spare slot when it is all sinks) + the block's slots
     frames = sampling.max_frames + n if w == -1 else w + (1 if w - n == sampling.sink_frames else 0)
-    return rows * kv_cache_bytes(model, frames, tokens_per_frame(model, latent_hw), b)
+    tokens = tokens_per_frame(model, latent_hw)
+    opts = sampling.attention
+    if opts.kv_compress == "tempcache":  # its pool: the budget (or the dense past) + the block's scratch
+        from ca2vdm_cli.models.wan.tempcache import tempcache_nbytes
+
+        pool = opts.tempcache_budget_frames or frames - n
+        return tempcache_nbytes(
+            num_layers=model.num_layers, batch_size=rows, num_heads=model.num_heads,
+            head_dim=model.head_dim, tokens_per_frame=tokens, frames=pool, dtype_bytes=b,
+        ) + rows * kv_cache_bytes(model, n, tokens, b)  # fmt: skip
+    return rows * kv_cache_bytes(model, frames, tokens, b)
 
 
 def memory_parts(
@@ -237,7 +255,9 @@ def cache_summary(sampling: WanSampling, rows: int) -> str:
     else:
         sink = f", {sampling.sink_frames} sink" if sampling.sink_frames else ""
         where = f"window {sampling.window} latent frames incl. the {n}-frame block{sink}"
-    return f"{where}, {sampling.position_mode} positions, x {rows} rows"
+    opts = sampling.attention
+    extra = "" if opts.dense else f", attention {opts.to_dict()}"
+    return f"{where}, {sampling.position_mode} positions{extra}, x {rows} rows"
 
 
 def caption_shape(model: WanConfig) -> tuple[int, int]:
