@@ -93,7 +93,8 @@ def test_bad_settings_are_one_error_line(cli, wan_dir, tmp_path, args, message):
 def test_an_image_on_a_text_to_video_block_model_names_the_fix(cli, wan_dir, tmp_path):
     first = save_image(tmp_path / "first.png")
     code, _, err = cli("generate", "--model", wan_dir, "-p", "x", "-i", first, "--out", tmp_path / "i.mp4")
-    assert code == 1 and "takes no --image; drop --image or use a frame-wise image-to-video model" in err
+    assert code == 1 and "takes no --image; drop --image, or use a frame-wise" in err
+    assert "(--model causal-forcing-i2v)" in err
 
 
 def test_stdit_models_refuse_the_wan_only_options(tmp_path):
@@ -266,3 +267,33 @@ def test_a_ca2vdm_model_refuses_the_attention_options(tmp_path):
         check_inputs(
             tiny_card(), GenerateRequest(prompt="a", frames=9, attention=AttentionOptions(sparse_cross="pad"))
         )
+
+
+def test_compile_wraps_the_wan_denoise_call_and_cuda_graphs_are_refused(monkeypatch):
+    from ca2vdm_cli.engine.accel import Acceleration, accelerate
+    from ca2vdm_cli.errors import ConfigError
+    from ca2vdm_cli.models.wan import family as wan
+    from tests.factories import tiny_wan_model
+
+    model = tiny_wan_model()
+    compiled = []
+
+    def fake_compile(fn, **kwargs):  # records what would be compiled; runs it eagerly
+        compiled.append((fn, kwargs))
+
+        def run(*args):
+            compiled.append("called")
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    step, forward = accelerate(model, Acceleration(compile=True), torch.device("cpu"))
+    assert compiled[0][0] == model.denoise and compiled[0][1]["dynamic"] is False and forward is None
+    sampling = WanSampling(chunk=2, max_frames=8)
+    denoiser = wan.make_denoiser("cache", model, 1, sampling, (4, 4), step=step)
+    list(wan.sample_video(model, sampling, num_frames=4, seeds=[0], latent_size=(4, 4),
+                          y=torch.randn(1, 16, 32), engine=denoiser))  # fmt: skip
+    assert compiled.count("called") == 2 * 4  # 2 blocks x 4 flow steps, all through the compiled call
+    with pytest.raises(ConfigError, match="drop --cuda-graphs"):
+        accelerate(model, Acceleration(cuda_graphs=True), torch.device("cuda"))

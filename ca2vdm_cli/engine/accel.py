@@ -49,6 +49,15 @@ def accelerate(model: Any, accel: Acceleration, device: torch.device) -> tuple[S
     model's own), compiled and/or captured as `accel` says."""
     if accel.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device, not {device.type}; drop --cuda-graphs")
+    if not hasattr(model, "run_denoise"):  # no planned step (the causal Wan DiT): compile its denoise call
+        if accel.cuda_graphs:
+            raise ConfigError(
+                "--cuda-graphs captures CausalSTDiT's planned step; a causal Wan model runs eager or with "
+                "--compile: drop --cuda-graphs"
+            )
+        if accel.compile:  # one graph per visible-past length; the shapes settle once the window is full
+            return torch.compile(model.denoise, dynamic=False, mode=accel.compile_mode), None
+        return None, None
     step: StepFn | None = None
     forward = None
     if accel.compile:

@@ -9,7 +9,7 @@ distilled without it) and no perturbation of the written frames (they are the cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -118,9 +118,15 @@ class WanCacheDenoiser:
     next block only reads it. The prompt's cross K/V are computed once per video."""
 
     def __init__(
-        self, model: CausalWan, rows: int, sampling: WanSampling, frame_shape: tuple[int, int]
+        self,
+        model: CausalWan,
+        rows: int,
+        sampling: WanSampling,
+        frame_shape: tuple[int, int],
+        step: Callable[..., Tensor] | None = None,
     ) -> None:
         self.model = model
+        self.step = step or model.denoise  # `engine.accel`: the compiled denoise call with --compile
         self.cache = model.new_cache(
             batch_size=rows,
             max_frames=sampling.max_frames,
@@ -169,7 +175,7 @@ class WanCacheDenoiser:
             self.model.write_cache(cache, z, condition, f)
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.model.denoise(self.cache, x, t, self._context(), self.cache.written)
+        return self.step(self.cache, x, t, self._context(), self.cache.written)
 
     def _context(self) -> Tensor:
         if self.context is None:
@@ -212,12 +218,13 @@ def make_denoiser(
     rows: int,
     sampling: WanSampling,
     latent_size: tuple[int, int],
+    step: Callable[..., Tensor] | None = None,
     **_: Any,
 ) -> WanCacheDenoiser | WanRecomputeDenoiser:
-    """A denoiser by engine name (`ENGINES`) for `rows` videos of latent frames `latent_size`. Extra
-    keywords (another family's compiled-step hooks) are not used here."""
+    """A denoiser by engine name (`ENGINES`) for `rows` videos of latent frames `latent_size`; `step` is
+    the (compiled) denoise call of `engine.accel`. Other keywords (CausalSTDiT's full forward) are unused."""
     if name == "cache":
-        return WanCacheDenoiser(model, rows, sampling, latent_size)
+        return WanCacheDenoiser(model, rows, sampling, latent_size, step)
     if name == "recompute":
         return WanRecomputeDenoiser(model, rows, sampling, latent_size)
     raise ConfigError(f"engine {name!r} is not one of {', '.join(ENGINES)}")

@@ -192,7 +192,7 @@ def check_frames(card: Any, sampling: WanSampling, given: int, latent_frames: in
     if given and not card.accepts_images:
         raise InputError(
             f"model {card.name!r} generates whole {n}-frame blocks from text and takes no --image; "
-            "drop --image or use a frame-wise image-to-video model"
+            "drop --image, or use a frame-wise image-to-video model (--model causal-forcing-i2v)"
         )
     if sampling.window == -1 and engine == "cache":
         past = latent_frames - n  # the last block is never written
