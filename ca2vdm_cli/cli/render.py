@@ -248,8 +248,8 @@ def check_memory(plan: Plan, device: Any, dtype: Any, text_encoder: str, availab
         raise ConfigError(f"text_encoder = {text_encoder!r} must be device, cpu or free")
     estimate = _estimate(plan, dtype, text_encoder)
     check_fits(estimate, device, available, cache_knob=plan.card.spec.CACHE_KNOB)
-    where = "" if text_encoder == "device" else f" (text encoder: {text_encoder})"
-    return f"planned memory on {device}{where}: {describe_estimate(estimate)}"
+    where = "" if text_encoder == "device" else f"; text encoder: {text_encoder}"
+    return f"planned memory on {device}: {describe_estimate(estimate)}{where}"
 
 
 def acceleration(settings: dict[str, Any]) -> Any:

@@ -22,7 +22,6 @@ from ca2vdm_cli.errors import ConfigError
 # key -> (accepted Python types, description for errors)
 GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "prompt": ((str, list), "a string, or a list of strings with `at`"),
-    "at": ((list,), "a list of frame numbers, one per prompt after the first"),
     "image": ((str, list), "a path or a list of paths"),
     "frames": ((int,), "an integer"),
     "out": ((str,), "a path"),
@@ -55,10 +54,11 @@ GENERATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "frames_dir": ((str,), "a directory path"),
     "compile": ((bool,), "true or false"),
     "cuda_graphs": ((bool,), "true or false"),
+    "at": ((list,), "a list of frame numbers, one per prompt after the first"),
 }
 
 # `ca2vdm batch --config`: the same keys minus what each item gives (prompt, out) or batch cannot do
-BATCH_KEYS = {k: v for k, v in GENERATE_KEYS.items() if k not in ("prompt", "out", "frames_dir")}
+BATCH_KEYS = {k: v for k, v in GENERATE_KEYS.items() if k not in ("prompt", "at", "out", "frames_dir")}
 BATCH_KEYS["image"] = ((str,), "a path")
 
 
