@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 from ca2vdm_cli.errors import DownloadError, WeightsError
 from ca2vdm_cli.models.wan import CausalWan
 from ca2vdm_cli.store.card import read_card
-from ca2vdm_cli.store.pins import Lock
-from ca2vdm_cli.store.presets import cache_status
+from ca2vdm_cli.store.pins import Lock, cache_status
 from ca2vdm_cli.store.weights import resolve_model
 from tests.factories import tiny_wan_config
 from tests.fakehub import FakeHub, FakeRepo

@@ -27,7 +27,8 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    from ca2vdm_cli.store.presets import cache_status, card_summary, load_preset, preset_names
+    from ca2vdm_cli.store.pins import cache_status
+    from ca2vdm_cli.store.presets import card_summary, load_preset, preset_names
 
     rows = []
     for name in preset_names():

@@ -33,7 +33,14 @@ from typing import Any
 from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.fileio import atomic_write
 from ca2vdm_cli.store.card import ModelCard
-from ca2vdm_cli.store.presets import Source, ca2vdm_cache
+from ca2vdm_cli.store.presets import (
+    Source,
+    ca2vdm_cache,
+    card_digest,
+    model_dir,
+    needs_local_weights,
+    parse_sources,
+)
 
 LOCK_FILE = "pins.json"
 logger = logging.getLogger(__name__)
@@ -149,8 +156,6 @@ def apply(sources: dict[str, Source], lock: Lock) -> dict[str, Source]:
 
 def first_download_pins(card: ModelCard, sources: dict[str, Source]) -> dict[str, str]:
     """{repo: commit} for the repos the card leaves unpinned (what makes two lock states differ)."""
-    from ca2vdm_cli.store.presets import parse_sources
-
     null = {s.repo for s in parse_sources(card).values() if s.repo is not None and s.revision is None}
     return {s.repo: s.revision for s in sources.values() if s.repo in null and s.revision}
 
@@ -184,3 +189,36 @@ def card_with_pins(card: ModelCard, sources: dict[str, Source]) -> ModelCard:
         if role in table and src.repo is not None and table[role].get("revision") is None:
             table[role]["revision"] = src.revision
     return dataclasses.replace(card, sources=table)
+
+
+# ----------------------------------------------------------------------------- the cache as pinned
+def pinned_sources(card: ModelCard, cache_dir: str | Path | None) -> dict[str, Source]:
+    """The card's sources with what its lock file recorded on a first download (null revisions filled)."""
+    return apply(parse_sources(card), Lock.load(lock_path(card, cache_dir)))
+
+
+def default_key(card: ModelCard, cache_dir: str | Path | None = None) -> str | None:
+    src = pinned_sources(card, cache_dir).get("transformer")
+    return None if src is None or src.revision is None else src.revision[:12]
+
+
+def cache_status(card: ModelCard, cache_dir: str | Path | None = None) -> str:
+    """ "built-in", "yes", "no", or "needs --weights" (a local checkpoint is needed) for `ca2vdm models`."""
+    if not card.sources:
+        return "built-in"
+    if needs_local_weights(card):
+        return "needs --weights"
+    try:
+        sources = pinned_sources(card, cache_dir)
+    except ConfigError:  # an unreadable lock file: `download` says so
+        return "no"
+    trans = sources.get("transformer")
+    if trans is None or trans.revision is None:
+        return "no"
+    manifest = model_dir(card, cache_dir, trans.revision[:12]) / "manifest.json"
+    digest = card_digest(card, first_download_pins(card, sources))
+    try:
+        done = json.loads(manifest.read_text()).get("card") == digest
+    except (OSError, json.JSONDecodeError):
+        done = False
+    return "yes" if done else "no"

@@ -258,42 +258,6 @@ def model_dir(card: ModelCard, cache_dir: str | Path | None, key: str) -> Path:
     return ca2vdm_cache(cache_dir) / "models" / card.name / key
 
 
-def pinned_sources(card: ModelCard, cache_dir: str | Path | None) -> dict[str, Source]:
-    """The card's sources with what its lock file recorded on a first download (null revisions filled)."""
-    from ca2vdm_cli.store import pins
-
-    return pins.apply(parse_sources(card), pins.Lock.load(pins.lock_path(card, cache_dir)))
-
-
-def default_key(card: ModelCard, cache_dir: str | Path | None = None) -> str | None:
-    src = pinned_sources(card, cache_dir).get("transformer")
-    return None if src is None or src.revision is None else src.revision[:12]
-
-
-def cache_status(card: ModelCard, cache_dir: str | Path | None = None) -> str:
-    """ "built-in", "yes", "no", or "needs --weights" (a local checkpoint is needed) for `ca2vdm models`."""
-    from ca2vdm_cli.store import pins
-
-    if not card.sources:
-        return "built-in"
-    if needs_local_weights(card):
-        return "needs --weights"
-    try:
-        sources = pinned_sources(card, cache_dir)
-    except ConfigError:  # an unreadable lock file: `download` says so
-        return "no"
-    trans = sources.get("transformer")
-    if trans is None or trans.revision is None:
-        return "no"
-    manifest = model_dir(card, cache_dir, trans.revision[:12]) / "manifest.json"
-    digest = card_digest(card, pins.first_download_pins(card, sources))
-    try:
-        done = json.loads(manifest.read_text()).get("card") == digest
-    except (OSError, json.JSONDecodeError):
-        done = False
-    return "yes" if done else "no"
-
-
 def card_summary(card: ModelCard) -> dict[str, Any]:
     """The facts `ca2vdm models` shows about one card (no parameter count: see memory.count_parameters)."""
     return {
