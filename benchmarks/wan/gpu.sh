@@ -7,7 +7,8 @@
 #      3-frame sink, eager and with --compile; denoise-only frames/s, KV bytes, peak memory per block;
 #   2. with a downloaded preset MODEL (default self-forcing; skipped when it is not downloaded):
 #      `ca2vdm generate` 81 and 240 frames end to end (JSON: frames/s, peak GPU memory), and
-#      streaming vs whole-clip VAE decode (benchmarks/wan/decode.py).
+#      streaming vs whole-clip VAE decode (benchmarks/wan/decode.py), and TempCache + padding collapse
+#      against dense at 240 frames (PSNR / SSIM per time segment, benchmarks/tempcache/compare_videos.py).
 set -uo pipefail
 OUT=${1:-${OUT:-benchmarks/wan/gpu}}
 MODEL=${2:-self-forcing}
@@ -39,6 +40,11 @@ if $PY -m ca2vdm_cli models --json 2>/dev/null | grep -q "\"name\": \"$MODEL\".*
     }
     gen 81 600 --frames 81
     gen 240 600 --frames 240 --window 12 --sink-frames 3
+    # issue 15 on real weights: same seed and noise, dense vs TempCache (capped groups) + padding collapse
+    gen 240-tempcache 600 --frames 240 --window 12 --sink-frames 3 --kv-compress tempcache \
+        --tempcache-max-count 4 --sparse-cross pad
+    $PY benchmarks/tempcache/compare_videos.py "$OUT/$MODEL-240.mp4" "$OUT/$MODEL-240-tempcache.mp4" 4 \
+        > "$OUT/tempcache-vs-dense-240.json" 2>> "$OUT/status.txt"
     timeout 300 $PY benchmarks/wan/decode.py "$MODEL" "$OUT/decode.json" 2> "$OUT/decode.txt"
     echo "decode: exit $?" | tee -a "$OUT/status.txt"
 else
