@@ -297,3 +297,19 @@ def test_compile_wraps_the_wan_denoise_call_and_cuda_graphs_are_refused(monkeypa
     assert compiled.count("called") == 2 * 4  # 2 blocks x 4 flow steps, all through the compiled call
     with pytest.raises(ConfigError, match="drop --cuda-graphs"):
         accelerate(model, Acceleration(cuda_graphs=True), torch.device("cuda"))
+
+
+def test_bench_compares_attention_options_with_dense_in_one_run():
+    from ca2vdm_cli.bench.runner import Bench, BenchOptions
+    from ca2vdm_cli.bench.setups import load_setup
+    from ca2vdm_cli.models.attention_opts import AttentionOptions
+
+    setup = load_setup(None, "wan-tiny", random_weights=True, device=torch.device("cpu"), dtype=torch.float32)
+    setup.sampling = setup.sampling.replace(attention=AttentionOptions(sparse_cross="pad"))
+    opts = BenchOptions(engines=("cache",), frames=6, warmup_steps=0, measure_peak=False, decode=False,
+                        compare_dense=True)  # fmt: skip
+    report = Bench(setup, opts).run().to_json()
+    names = [e["engine"] for e in report["engines"]]
+    assert names == ["cache-dense", "cache"] and "cache" in report["speedups"]["cache-dense"]
+    assert report["settings"]["sampling"]["attention"] == {"kv_compress": "none", "sparse_cross": "pad",
+                                                            "sparse_self": "none"}  # fmt: skip

@@ -113,7 +113,7 @@ def speedups(results: list[EngineResult]) -> dict[str, dict[str, dict[str, float
     "denoise_cpu": the same ratio of process CPU times}."""
     by_name = {r.engine: r.summary for r in results}
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for baseline in ("recompute", "recompute-full"):
+    for baseline in ("recompute", "recompute-full", "cache-dense"):
         if baseline in by_name:
             base = by_name[baseline]
             out[baseline] = {}

@@ -58,6 +58,7 @@ class BenchOptions:
     stat: str = "median"  # over repeats: median | min
     accel: Acceleration = Acceleration()
     measure_peak: bool = True
+    compare_dense: bool = False  # with attention options: also time the cache engine with dense attention
 
     def validate(self) -> None:
         """InputError naming the first bad option (cheap: call before loading a model)."""
@@ -112,6 +113,11 @@ class Bench:
         environment = describe(self.device)
         # the pipeline's own denoisers, accelerated as `generate --compile` would be
         engines = {name: self.pipeline.denoiser(name, self.sampling, 1) for name in self.engine_names}
+        attention = getattr(self.sampling, "attention", None)
+        if opts.compare_dense and attention is not None and not attention.dense:
+            # the same engine, dense: TempCache / AnnCA / AnnSA against dense in one run
+            dense = self.sampling.replace(attention=type(attention)())
+            engines = {"cache-dense": self.pipeline.denoiser("cache", dense, 1), **engines}
         given = self._given_frame() if self.given_frames else None
         traced: dict[str, list[Run]] = {name: [] for name in engines}
         trace = self.device.type != "cuda"  # CPU working memory comes from a traced untimed run
@@ -256,9 +262,9 @@ class Bench:
         traced: list[Run],
         peak: float | None,
     ) -> EngineResult:
-        flops = self.family.run_flops(
+        flops = self.family.run_flops(  # dense-attention FLOPs (sparsity is measured, not modelled)
             self.setup.model.config,
-            name,
+            name.removesuffix("-dense"),
             rows=self.rows,
             prefix_frames=self.given_frames,
             chunks=self.chunks,

@@ -67,6 +67,14 @@ def bench(
     sparse_self: options.SparseSelf = None,
     topk_density: options.TopkDensity = None,
     lsh_bits: options.LshBits = None,
+    compare_dense: Annotated[
+        bool,
+        typer.Option(
+            "--compare-dense",
+            help="With --kv-compress / --sparse-*: also time the cache engine with dense attention, "
+            "side by side in the same run (engine 'cache-dense').",
+        ),
+    ] = False,
     device: options.Device = None,
     dtype: options.Dtype = None,
     compile: options.Compile = False,
@@ -134,6 +142,7 @@ def bench(
         stat=stat,
         accel=Acceleration(compile=compile, cuda_graphs=cuda_graphs),
         measure_peak=peak,
+        compare_dense=compare_dense,
     )
     options.validate()  # before loading a model that may take minutes
     setup = load_setup(
