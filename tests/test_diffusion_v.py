@@ -114,3 +114,19 @@ def test_eps_with_zero_terminal_snr_is_refused():
     with pytest.raises(ConfigError, match="schedule"):
         SamplingConfig(schedule="sigmoid", prediction="v").validate(ModelConfig())
     SamplingConfig(schedule="linear_zsnr", prediction="v", clip_x0=3.0).validate(ModelConfig())
+
+
+def test_training_reads_the_prediction_and_schedule_from_the_card():
+    from types import SimpleNamespace
+
+    from ca2vdm_cli.train.run import training_diffusion
+
+    card = SimpleNamespace(sampling=SamplingConfig(prediction="v", schedule="linear_zsnr"))
+    d = training_diffusion(card)
+    assert (d.num_steps, d.prediction, d.schedule) == (1000, "v", "linear_zsnr")
+    sampler = DDPMSampler.from_config(card.sampling)
+    assert sampler.diffusion.prediction == "v"
+    torch.testing.assert_close(sampler.diffusion.base_alphas_cumprod, d.base_alphas_cumprod)
+    # the prefix perturbation at inference uses the same schedule as training's q_sample
+    a = float(d.base_alphas_cumprod[card.sampling.prefix_perturb_t])
+    assert sampler._perturb == pytest.approx((a**0.5, (1 - a) ** 0.5))
