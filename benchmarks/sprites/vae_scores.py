@@ -1,5 +1,7 @@
 """The eval's colour scores on the VAE reconstruction of held-out world videos: the ceiling any DiT on
-this VAE can reach (frame 0 and all frames). Usage: PYTHONPATH=. python benchmarks/sprites/vae_scores.py MODEL [N] [FRAMES]"""
+this VAE can reach (frame 0 and all frames). Usage:
+    PYTHONPATH=. python benchmarks/sprites/vae_scores.py MODEL [N] [FRAMES]
+"""
 
 import json
 import sys
@@ -24,8 +26,12 @@ with torch.inference_mode():
     rec = decode_latents(c.vae, z, c.card.vae_scaling_factor).numpy()
 out = {"model": sys.argv[1], "scenes": n, "frames": T}
 for name, frames in (("world", video), ("vae_recon", rec)):
-    f0 = evaluate.aggregate([evaluate.score_video(v[:1], s.prompt, set()) for v, s in zip(frames, scenes)])
-    allf = evaluate.aggregate([evaluate.score_video(v, s.prompt, set()) for v, s in zip(frames, scenes)])
+    f0 = evaluate.aggregate(
+        [evaluate.score_video(v[:1], s.prompt, set()) for v, s in zip(frames, scenes, strict=True)]
+    )
+    allf = evaluate.aggregate(
+        [evaluate.score_video(v, s.prompt, set()) for v, s in zip(frames, scenes, strict=True)]
+    )
     found = evaluate.colour_masks(frames[:, 0]).sum(axis=(2, 3)) >= 20
     out[name] = {
         "presence_frame0": f0["presence"],
