@@ -1,5 +1,7 @@
 """The word-level sprites tokenizer and the from-scratch init option (fast, no weights)."""
 
+import torch
+
 from ca2vdm_cli.media.text import load_tokenizer
 from ca2vdm_cli.models.stdit.config import ModelConfig
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
@@ -36,7 +38,13 @@ def test_zero_init_new_is_the_default_and_can_be_turned_off():
     model = CausalSTDiT(cfg)
     block = model.blocks[0]
     assert block.attn_temp.proj.weight.abs().sum() == 0
+    y = torch.randn(3, 4, 16)  # unit-scale features, as a T5 encoder's final norm gives
+    small = float(model.y_embedder(y).pow(2).mean().sqrt())
+    assert 0.015 < float(model.y_embedder.y_proj.fc1.weight.std()) < 0.025  # PixArt's std 0.02 by default
     model.initialize_weights(zero_init_new=False)
     assert block.attn_temp.proj.weight.abs().sum() > 0
     assert block.cross_attn.proj.weight.abs().sum() > 0
     assert model.final_layer.linear.weight.abs().sum() == 0
+    # the caption projection keeps xavier init: the text features reach the blocks at their own scale
+    big = float(model.y_embedder(y).pow(2).mean().sqrt())
+    assert big > 5 * small and big > 0.2

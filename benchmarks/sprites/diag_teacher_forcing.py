@@ -4,7 +4,7 @@ For held-out scenes (seeds from 10^7), with the scene's true first frame given:
   * free run: 2 chunks (frames 1..8) with the card's sampler and the KV cache, and the same with the
     uncached `recompute` engine (max |diff|: must be ~0 if the cache path matches the recompute path);
   * PSNR of the generated frames 1..4 vs the true frames, per sampler (iddpm / ddim, same 20 steps);
-  * ε-MSE of the true frames 9..12 at t in {100, 300, 600}, given a 9-frame prefix that is
+  * ε-MSE (and x0-MSE) of the true frames 9..12 at t in {100, 300, 600}, given a 9-frame prefix that is
     (i) the true clean frames 0..8 (teacher forcing), (ii) true frame 0 + the model's own frames 1..8
     (free running), (iii) another scene's frames 0..8 (the prefix is wrong), (iv) no prefix (P = 0).
 Usage: OMP_NUM_THREADS=1 python benchmarks/sprites/diag_teacher_forcing.py [MODEL_DIR] [SCENES]
@@ -70,7 +70,8 @@ with torch.inference_mode():
         (runs["iddpm", "cache"] - runs["iddpm", "recompute"]).abs().max()
     )
 
-    diff = Diffusion(1000)
+    sp = card.sampling
+    diff = Diffusion(1000, schedule=sp.schedule, prediction=sp.prediction)  # the card's training diffusion
     gen = torch.Generator().manual_seed(0)
     target = z[:, :, 9:13]
     prefixes = {
@@ -94,6 +95,8 @@ with torch.inference_mode():
             pm = torch.zeros(n, T)
             pm[:, :P] = 1
             ft = t * (1 - pm)
-            eps = model(x, ft, y, ymask, prefix_mask=pm)[:, : target.shape[1], P:]
+            pred = model(x, ft, y, ymask, prefix_mask=pm)[:, : target.shape[1], P:]
+            x0_hat, eps = diff.x0_and_eps(x_t, pred, t)  # 1000 steps: index == t; ε̂ from v̂ for v-models
             out[f"eps_mse_t{t}_{name}"] = float(((eps - noise) ** 2).mean())
+            out[f"x0_mse_t{t}_{name}"] = float(((x0_hat - target) ** 2).mean())
 print(json.dumps(out, indent=2))

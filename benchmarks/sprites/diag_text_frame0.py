@@ -2,7 +2,8 @@
 
 Generates only the first chunk from the prompt (no image) for held-out scenes (seeds from 10^7) and scores
 frame 0 with the eval's presence/absence, per sampler. Usage:
-    OMP_NUM_THREADS=1 python benchmarks/sprites/diag_text_frame0.py [MODEL_DIR] [PROMPTS]
+    OMP_NUM_THREADS=1 python benchmarks/sprites/diag_text_frame0.py [MODEL_DIR] [PROMPTS] [CFG_SCALE] [STEPS]
+(CFG_SCALE / STEPS default to the card's.)
 """
 
 import json
@@ -23,9 +24,12 @@ comps.model.eval()
 seeds = list(range(10**7, 10**7 + n))
 scenes = [sprites.sample_scene(s) for s in seeds]
 prompts = [s.prompt for s in scenes]
-out = {"model": model_dir, "prompts": n}
+base = comps.card.sampling
+cfg_scale = float(sys.argv[3]) if len(sys.argv) > 3 else base.cfg_scale
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else base.steps
+out = {"model": model_dir, "prompts": n, "cfg_scale": cfg_scale, "steps": steps}
 for sampler in ("iddpm", "ddim"):
-    sampling = comps.card.sampling.replace(sampler=sampler)
+    sampling = base.replace(sampler=sampler, cfg_scale=cfg_scale, steps=steps)
     with torch.inference_mode():
         videos = evaluate.generate_batch(comps, prompts, seeds, 1, sampling, None)
     scores = [evaluate.score_video(v, p, {0}) for v, p in zip(videos, prompts, strict=True)]

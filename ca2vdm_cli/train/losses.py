@@ -1,5 +1,6 @@
-"""The hybrid diffusion training loss (IDDPM): masked ε-MSE plus the variational bound that trains the
-learned variance. Written against the schedule of `sampling.ddpm.Diffusion`; inference never imports it.
+"""The hybrid diffusion training loss (IDDPM): masked MSE on the prediction (ε, or v with
+`Diffusion.prediction = "v"`) plus the variational bound that trains the learned variance. Written against
+the schedule of `sampling.ddpm.Diffusion`; inference never imports it.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ def q_posterior(d: Diffusion, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tenso
 
 
 def model_mean_log_variance(d: Diffusion, model_out: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and log-variance of p(x_{t-1} | x_t) for per-sample respaced steps t (B,); model_out = [ε̂ | v]."""
+    """Mean and log-variance of p(x_{t-1} | x_t) for per-sample respaced steps t (B,); model_out = [pred | r]
+    with pred = ε̂ or v̂ (as `d.prediction`) and r the learned variance range."""
     shape = (-1,) + (1,) * (x_t.dim() - 1)
     c = x_t.shape[1]
-    eps, v = model_out[:, :c], model_out[:, c:]
+    pred, v = model_out[:, :c], model_out[:, c:]
     min_log = d.posterior_log_variance_clipped.to(x_t.device)[t].float().view(shape)
     max_log = torch.log(d.betas.to(x_t.device)[t]).float().view(shape)
     frac = (v + 1) / 2
     log_var = frac * max_log + (1 - frac) * min_log
     ac = d.alphas_cumprod.to(x_t.device)[t]
-    x0 = (1 / ac).sqrt().float().view(shape) * x_t - (1 / ac - 1).sqrt().float().view(shape) * eps
+    if d.prediction == "v":
+        x0 = ac.sqrt().float().view(shape) * x_t - (1 - ac).sqrt().float().view(shape) * pred
+    else:
+        x0 = (1 / ac).sqrt().float().view(shape) * x_t - (1 / ac - 1).sqrt().float().view(shape) * pred
     mean, _ = q_posterior(d, x0, x_t, t)
     return mean, log_var
 
@@ -48,15 +53,17 @@ def training_losses(
     noise: Tensor,
     frame_mask: Tensor,
 ) -> dict[str, Tensor]:
-    """Hybrid loss per sample: masked MSE on ε plus the masked VB term (λ = 1, as IDDPM).
+    """Hybrid loss per sample: masked MSE on the prediction target (ε or v, `d.target`) plus the masked VB
+    term (λ = 1, as IDDPM).
 
-    model_out (B, 2c, T, H, W); x0, x_t, noise (B, c, T, H, W); t (B,) training timesteps;
+    model_out (B, 2c, T, H, W); x0, x_t, noise (B, c, T, H, W); t (B,) training timesteps (d has 1000 steps);
     frame_mask (B, T) 1 on frames that carry loss (the noisy ones). Returns per-sample tensors (B,).
     """
     c = x0.shape[1]
     m = frame_mask.to(x0.dtype)[:, None, :, None, None].expand_as(x0)  # (B, c, T, H, W)
     denom = m.sum(dim=(1, 2, 3, 4)).clamp(min=1)
-    mse = ((noise - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
+    target = d.target(x0, t, noise)  # (B, c, T, H, W)
+    mse = ((target - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
     out = {"mse": mse, "loss": mse}
     if model_out.shape[1] == 2 * c:
         frozen = torch.cat([model_out[:, :c].detach(), model_out[:, c:]], dim=1)  # VB trains only v

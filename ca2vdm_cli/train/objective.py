@@ -2,7 +2,7 @@
 
 A clip of P + l latent frames: the first P (the prefix) are clean — or perturbed to `prefix_perturb_t` —
 and labelled t = 0 with mask channel 1; the last l carry x_t at one sampled t per clip. The loss (masked
-MSE on ε + the VB term of the learned variance) covers the l noisy frames only. P is one draw per batch
+MSE on ε or v + the VB term of the learned variance) covers the l noisy frames only. P is one draw per batch
 from {1, 1+l, 1+2l, … ≤ L_max}, plus 0 (text-to-video start) with probability `p_zero_prefix` and, when
 `t2v_prefixes`, l, 2l, … (the cache lengths of a video that started from text). Clips of max_tpe_len
 frames (or every clip, with tpe_random_start = "all") start at a random cyclic temporal position.
@@ -92,14 +92,20 @@ def prefix_loss(diffusion: Diffusion, model_out: Tensor, batch: PrefixBatch) -> 
 class TextToVideoObjective(nn.Module):
     """The modules trained together (DiT and, optionally, the text encoder), so DDP syncs both."""
 
-    def __init__(self, model: CausalSTDiT, text_encoder: nn.Module | None, train_text: bool) -> None:
+    def __init__(
+        self,
+        model: CausalSTDiT,
+        text_encoder: nn.Module | None,
+        train_text: bool,
+        diffusion: Diffusion | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.text_encoder = text_encoder
         if text_encoder is not None and not train_text:
             text_encoder.requires_grad_(False)
         self.train_text = train_text
-        self.diffusion = Diffusion(1000)
+        self.diffusion = Diffusion(1000) if diffusion is None else diffusion  # the 1000-step training one
 
     def encode_text(self, ids: Tensor, mask: Tensor, drop: Tensor) -> tuple[Tensor, Tensor]:
         """Token ids (B, N) -> caption features (B, N, C_text); rows where `drop` get the null caption."""

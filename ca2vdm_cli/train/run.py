@@ -229,13 +229,19 @@ def tokenize(tokenizer, captions: list[str], max_length: int) -> tuple[torch.Ten
     return enc.input_ids, enc.attention_mask
 
 
-def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
+def training_diffusion(card):
+    """The 1000-step diffusion the card's sampler inverts (its schedule and prediction type)."""
     from ca2vdm_cli.sampling.ddpm import Diffusion
+
+    return Diffusion(1000, schedule=card.sampling.schedule, prediction=card.sampling.prediction)
+
+
+def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
     from ca2vdm_cli.train import objective as obj
 
     chunk, cache, M = card.sampling.chunk, card.sampling.cache_frames, card.model.max_tpe_len
     allowed = obj.allowed_prefix_lengths(chunk, cache, settings.p_zero_prefix, settings.t2v_prefixes)
-    diffusion = Diffusion(1000)
+    diffusion = training_diffusion(card)
     B = settings.batch_size
 
     def loss_fn(module, step: int, gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -273,7 +279,7 @@ def dit_stage(
 
     settings = TrainSettings.from_dict(recipe.get("train", {}))
     train_text = bool(recipe.get("text_encoder", {}).get("train", False)) and text_encoder is not None
-    module = obj.TextToVideoObjective(model, text_encoder, train_text)
+    module = obj.TextToVideoObjective(model, text_encoder, train_text, training_diffusion(card))
     if settings.gradient_checkpointing:
         obj.enable_gradient_checkpointing(model)
     loss_fn, allowed = dit_loss_fn(clips, tokenizer, settings, card)

@@ -12,6 +12,8 @@ from ca2vdm_cli.errors import ConfigError
 
 TPE_MODES = ("fixed", "cyclic", "rope")
 SAMPLERS = ("iddpm", "ddim")
+SCHEDULES = ("linear", "linear_zsnr", "cosine")  # as sampling.ddpm (this module imports no torch)
+PREDICTIONS = ("eps", "v")
 PE_MODES = ("off", "first_frame", "prev_frames")
 
 # Official registry names → (depth, hidden size, heads); all use patch (1, 2, 2) and mlp_ratio 4.
@@ -268,6 +270,10 @@ class SamplingConfig:
     cache_frames: int = 25  # L_max: clean frames kept in the queue
     cfg_scale: float = 1.0
     prefix_perturb_t: int = 50  # noise level (of 1000) of what is written to the cache; 0 = off
+    # What the model was trained for (training reads them from the card): the official models are eps/linear.
+    prediction: str = "eps"  # eps | v: what the first c output channels predict
+    schedule: str = "linear"  # linear | linear_zsnr (zero terminal SNR) | cosine
+    clip_x0: float = 0.0  # > 0: clamp the predicted x0 to ±clip_x0 before each step; 0 = off
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ConfigError naming the bad value and the bound it breaks."""
@@ -299,6 +305,14 @@ class SamplingConfig:
             raise ConfigError(f"cfg_scale={self.cfg_scale} needs a text-conditioned model; use cfg_scale=1")
         if self.ddim_eta < 0:
             raise ConfigError(f"ddim_eta={self.ddim_eta} must be >= 0")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"prediction {self.prediction!r} is not one of {PREDICTIONS}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if self.prediction == "eps" and self.schedule == "linear_zsnr":
+            raise ConfigError("schedule='linear_zsnr' needs prediction='v' (ε cannot give x0 where ᾱ = 0)")
+        if self.clip_x0 < 0:
+            raise ConfigError(f"clip_x0={self.clip_x0} must be >= 0 (0: off)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -86,7 +86,9 @@ class CausalSTDiT(nn.Module):
     def initialize_weights(self, zero_init_new: bool = True) -> None:
         """The official construction-time init: new temporal/PE branches start as no-ops.
         `zero_init_new=False` (training from scratch): temporal, prefix and cross-attention output
-        projections and the mask-channel merge keep the standard xavier init, so they learn from step 0."""
+        projections, the mask-channel merge and the caption projection (y_proj; std 0.02 shrinks a small
+        jointly trained text encoder's features ~30x, so the caption barely moves the output) keep the
+        standard xavier init, so they learn from step 0."""
 
         def xavier(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -99,7 +101,7 @@ class CausalSTDiT(nn.Module):
         nn.init.zeros_(self.x_embedder.proj.bias)
         for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
             nn.init.normal_(linear.weight, std=0.02)
-        if self.y_embedder is not None:
+        if self.y_embedder is not None and zero_init_new:  # PixArt's init, made for T5-XXL features
             nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
             nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
         zero = [self.final_layer.linear]
