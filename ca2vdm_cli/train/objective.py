@@ -1,11 +1,13 @@
 """The clean-prefix objective of Ca2-VDM.
 
 A clip of P + l latent frames: the first P (the prefix) are clean — or perturbed to `prefix_perturb_t` —
-and labelled t = 0 with mask channel 1; the last l carry x_t at one sampled t per clip. The loss (masked
-MSE on ε or v + the VB term of the learned variance) covers the l noisy frames only. P is one draw per batch
-from {1, 1+l, 1+2l, … ≤ L_max}, plus 0 (text-to-video start) with probability `p_zero_prefix` and, when
-`t2v_prefixes`, l, 2l, … (the cache lengths of a video that started from text). Clips of max_tpe_len
-frames (or every clip, with tpe_random_start = "all") start at a random cyclic temporal position.
+and labelled t = 0 with mask channel 1 (with `prefix_noise_max` > 0, noise-augmented context: each clip's
+prefix noised to its own t_p ~ U{0..prefix_noise_max} and labelled t_p); the last l carry x_t at one
+sampled t per clip. The loss (masked MSE on ε or v + the VB term of the learned variance) covers the l
+noisy frames only. P is one draw per batch from {1, 1+l, 1+2l, … ≤ L_max}, plus 0 (text-to-video start)
+with probability `p_zero_prefix` and, when `t2v_prefixes`, l, 2l, … (the cache lengths of a video that
+started from text). Clips of max_tpe_len frames (or every clip, with tpe_random_start = "all") start at a
+random cyclic temporal position.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def sample_prefix_length(gen: torch.Generator, allowed: list[int], p_zero: float
 @dataclass
 class PrefixBatch:
     x_in: Tensor  # (B, c, T, h, w) model input: prefix (clean or perturbed) then x_t
-    frame_t: Tensor  # (B, T) 0 on the prefix, t on the noisy frames
+    frame_t: Tensor  # (B, T) 0 on the prefix (t_p with prefix_noise_max), t on the noisy frames
     prefix_mask: Tensor  # (B, T) 1 on the prefix
     x0: Tensor  # (B, c, T, h, w)
     x_t: Tensor
@@ -62,8 +64,13 @@ def make_prefix_batch(
     diffusion: Diffusion,
     perturb_t: int,
     tpe_start: int,
+    prefix_noise_max: int = 0,
 ) -> PrefixBatch:
-    """Noise a clip x0 (B, c, T, h, w) for the clean-prefix objective with its first `num_prefix` frames."""
+    """Noise a clip x0 (B, c, T, h, w) for the clean-prefix objective with its first `num_prefix` frames.
+
+    `prefix_noise_max` > 0 (noise-augmented context): each clip's prefix is noised to its own level
+    t_p ~ U{0..prefix_noise_max} instead of the fixed `perturb_t`, and t_p is the prefix frames' timestep
+    (the model is told how noisy its context is). 0: the fixed `perturb_t` and timestep 0, as before."""
     B, _, T = x0.shape[:3]
     if not 0 <= num_prefix < T:
         raise ConfigError(f"prefix length {num_prefix} must leave noisy frames in a clip of {T}")
@@ -72,12 +79,21 @@ def make_prefix_batch(
     noise = torch.randn(x0.shape, generator=gen).to(device)
     x_t = diffusion.q_sample(x0, t, noise)
     prefix = x0[:, :, :num_prefix]
-    if perturb_t > 0:  # the cache holds perturbed frames at inference; train on the same
+    prefix_t = None
+    if prefix_noise_max > 0:
+        if not 0 < prefix_noise_max < diffusion.num_train_steps:
+            top = diffusion.num_train_steps - 1
+            raise ConfigError(f"prefix_noise_max={prefix_noise_max} must be in 0..{top}")
+        prefix_t = torch.randint(0, prefix_noise_max + 1, (B,), generator=gen).to(device)
+        prefix = diffusion.q_sample(prefix, prefix_t, torch.randn(prefix.shape, generator=gen).to(device))
+    elif perturb_t > 0:  # the cache holds perturbed frames at inference; train on the same
         prefix = diffusion.q_sample(prefix, perturb_t, torch.randn(prefix.shape, generator=gen).to(device))
     x_in = torch.cat([prefix, x_t[:, :, num_prefix:]], dim=2)
     prefix_mask = torch.zeros(B, T, device=device)
     prefix_mask[:, :num_prefix] = 1
     frame_t = t[:, None].float() * (1 - prefix_mask)
+    if prefix_t is not None:
+        frame_t = frame_t + prefix_t[:, None].float() * prefix_mask
     return PrefixBatch(x_in, frame_t, prefix_mask, x0, x_t, noise, t, tpe_start)
 
 

@@ -42,6 +42,10 @@ class TrainSettings:
     p_zero_prefix: float = 0.1  # probability of P = 0 (start without an image); needs text_to_video
     t2v_prefixes: bool = True  # also P = l, 2l, …: the cache lengths of a video started from text
     prefix_perturb_t: int = 50  # clean prefix replaced by q_sample(z0, t_p); 0 = off
+    # > 0: noise-augmented context: each clip's prefix at its own t_p ~ U{0..prefix_noise_max}, given to
+    # the model as the prefix frames' timestep (replaces prefix_perturb_t in training); pair it with the
+    # card's sampling.prefix_timestep = "perturb". 0 = off (prefix at prefix_perturb_t, timestep 0).
+    prefix_noise_max: int = 0
     tpe_random_start: str = "full"  # "full": only clips of max_tpe_len frames; "all"; "none"
     text_dropout: float = 0.1  # caption → null caption, for classifier-free guidance
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | no
@@ -56,6 +60,7 @@ class TrainSettings:
             (0 <= self.p_zero_prefix <= 1, "p_zero_prefix must be in [0, 1]"),
             (0 <= self.text_dropout <= 1, "text_dropout must be in [0, 1]"),
             (0 <= self.prefix_perturb_t < 1000, "prefix_perturb_t must be in 0..999"),
+            (0 <= self.prefix_noise_max < 1000, "prefix_noise_max must be in 0..999"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.tpe_random_start in ("full", "all", "none"), "tpe_random_start must be full|all|none"),
             (

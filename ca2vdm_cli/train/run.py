@@ -249,7 +249,9 @@ def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
         T = P + chunk
         x0, captions = clips.sample(gen, B, T, from_start=clips.start_is_described and P <= 1)
         tpe_start = obj.draw_tpe_start(gen, T, M, settings.tpe_random_start)
-        batch = obj.make_prefix_batch(x0.to(device), P, gen, diffusion, settings.prefix_perturb_t, tpe_start)
+        batch = obj.make_prefix_batch(
+            x0.to(device), P, gen, diffusion, settings.prefix_perturb_t, tpe_start, settings.prefix_noise_max
+        )
         ids = mask = drop = None
         if tokenizer is not None:
             ids, mask = (t.to(device) for t in tokenize(tokenizer, captions, card.text_max_length))

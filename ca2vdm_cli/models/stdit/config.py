@@ -261,6 +261,9 @@ def mismatch_cause(missing: list[str], unexpected: list[str], wrong: list[str]) 
     return "this is not a CausalSTDiT checkpoint"
 
 
+PREFIX_TIMESTEPS = ("zero", "perturb")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     steps: int = 100
@@ -270,6 +273,9 @@ class SamplingConfig:
     cache_frames: int = 25  # L_max: clean frames kept in the queue
     cfg_scale: float = 1.0
     prefix_perturb_t: int = 50  # noise level (of 1000) of what is written to the cache; 0 = off
+    # the timestep the written frames are run at: "zero" (t = 0, the official models) or "perturb"
+    # (t = prefix_perturb_t: models trained with noise-augmented context, train.prefix_noise_max > 0)
+    prefix_timestep: str = "zero"
     # What the model was trained for (training reads them from the card): the official models are eps/linear.
     prediction: str = "eps"  # eps | v: what the first c output channels predict
     schedule: str = "linear"  # linear | linear_zsnr (zero terminal SNR) | cosine
@@ -301,6 +307,8 @@ class SamplingConfig:
             )
         if not 0 <= self.prefix_perturb_t < 1000:
             raise ConfigError(f"prefix_perturb_t={self.prefix_perturb_t} must be in 0..999")
+        if self.prefix_timestep not in PREFIX_TIMESTEPS:
+            raise ConfigError(f"prefix_timestep {self.prefix_timestep!r} is not one of {PREFIX_TIMESTEPS}")
         if self.cfg_scale != 1.0 and not model.has_text:
             raise ConfigError(f"cfg_scale={self.cfg_scale} needs a text-conditioned model; use cfg_scale=1")
         if self.ddim_eta < 0:

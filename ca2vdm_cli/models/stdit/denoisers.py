@@ -39,8 +39,10 @@ class CacheDenoiser:
         cache_frames: int,
         chunk_frames: int = 0,
         step: StepFn | None = None,
+        write_t: float = 0.0,
     ) -> None:
         self.model, self.rows = model, rows
+        self.write_t = write_t  # timestep the written frames run at (sampling.prefix_timestep)
         self.cache = model.new_cache(rows, cache_frames, chunk_frames)
         self.step = step  # None: model.run_denoise
         self.text: PreparedText | None = None
@@ -52,7 +54,7 @@ class CacheDenoiser:
         self.text, self._plan = condition, None
 
     def write(self, clean: Tensor) -> None:
-        self.model.write_cache(self.cache, clean, self.text)
+        self.model.write_cache(self.cache, clean, self.text, t=self.write_t)
         self._plan = None
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
@@ -69,9 +71,14 @@ class RecomputeDenoiser:
     condition capped to the newest `max_condition` frames (None: never)."""
 
     def __init__(
-        self, model: CausalSTDiT, max_condition: int | None, forward: ForwardFn | None = None
+        self,
+        model: CausalSTDiT,
+        max_condition: int | None,
+        forward: ForwardFn | None = None,
+        write_t: float = 0.0,
     ) -> None:
         self.model, self.max_condition = model, max_condition
+        self.write_t = write_t  # timestep of the condition frames (sampling.prefix_timestep)
         self.forward = forward or model
         self.text: PreparedText | None = None
         self.condition: Tensor | None = None  # (rows, c, P, H, W)
@@ -92,7 +99,8 @@ class RecomputeDenoiser:
             return self.forward(x, t, self.text)
         P, n = self.condition.shape[2], x.shape[2]
         full = torch.cat([self.condition, x], dim=2)  # (rows, c, P + n, H, W)
-        frame_t = torch.cat([torch.zeros(x.shape[0], P, device=x.device), t[:, None].expand(-1, n)], dim=1)
+        cond_t = torch.full((x.shape[0], P), float(self.write_t), device=x.device)
+        frame_t = torch.cat([cond_t, t[:, None].expand(-1, n)], dim=1)
         start = self.first_index if self.model.config.tpe_mode != "fixed" else 0
         return self.forward(full, frame_t, self.text, tpe_start=start, num_prefix=P)[:, :, P:]
 
@@ -106,13 +114,15 @@ def make_denoiser(
     chunk_frames: int = 0,
     step: StepFn | None = None,
     forward: ForwardFn | None = None,
+    write_t: float = 0.0,
 ) -> CacheDenoiser | RecomputeDenoiser:
     """A denoiser by engine name. `chunk_frames` reserves scratch slots for chunks of that length next to
-    the cache; `step` / `forward` replace the model's cached step / full forward (`engine.accel`)."""
+    the cache; `step` / `forward` replace the model's cached step / full forward (`engine.accel`);
+    `write_t` is the timestep the clean (perturbed) frames are run at."""
     if name == "cache":
-        return CacheDenoiser(model, rows, cache_frames, chunk_frames, step)
+        return CacheDenoiser(model, rows, cache_frames, chunk_frames, step, write_t)
     if name == "recompute":
-        return RecomputeDenoiser(model, cache_frames, forward)
+        return RecomputeDenoiser(model, cache_frames, forward, write_t)
     if name == "recompute-full":
-        return RecomputeDenoiser(model, None, forward)
+        return RecomputeDenoiser(model, None, forward, write_t)
     raise ConfigError(f"engine {name!r} is not one of {', '.join(ENGINES)}")

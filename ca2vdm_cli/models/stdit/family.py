@@ -92,8 +92,21 @@ def make_denoiser(
     """A denoiser by engine name for `rows` model rows, sized by the sampling settings (cache frames,
     chunk); `step` / `forward` are the accelerated step (`engine.accel`)."""
     return _make_denoiser(
-        name, model, rows, sampling.cache_frames, chunk_frames=sampling.chunk, step=step, forward=forward
+        name,
+        model,
+        rows,
+        sampling.cache_frames,
+        chunk_frames=sampling.chunk,
+        step=step,
+        forward=forward,
+        write_t=prefix_write_t(sampling),
     )
+
+
+def prefix_write_t(sampling: SamplingConfig) -> int:
+    """The timestep the written (cached) frames run at: 0, or the cache's perturbation level when the card
+    says `prefix_timestep = "perturb"` (a model trained with noise-augmented context)."""
+    return sampling.prefix_perturb_t if sampling.prefix_timestep == "perturb" else 0
 
 
 @torch.inference_mode()

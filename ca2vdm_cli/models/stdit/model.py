@@ -5,7 +5,8 @@ Three entry points, all on the same parameters:
 * `forward`: every frame in one sequence, per-frame timesteps, causal temporal attention (training,
   the no-cache baseline, the test oracle);
 * `denoise`: a noisy chunk against a `KVCache`, which it only reads (every denoising step);
-* `write_cache`: a clean chunk at t = 0 whose keys/values are appended to the cache (once per AR step).
+* `write_cache`: a clean chunk at t = 0 (or at its perturbation level, for a model trained with noise-
+  augmented context) whose keys/values are appended to the cache (once per AR step).
 
 The cached path is split for speed: `prepare_text` (once per generation: caption projection and every
 block's caption K|V), `plan_step` (once per AR step: positions, masks, cache views) and `run_denoise` (every
@@ -309,10 +310,11 @@ class CausalSTDiT(nn.Module):
         tokens, t_emb = self._blocks(step, x, t, text)  # (B, T, S, C), (B, 1, C)
         return self._unpatchify(self.final_layer(tokens, t_emb))
 
-    def run_write(self, step: CachedStep, x: Tensor, text: PreparedText | None) -> None:
-        """One t = 0 pass of a write plan over clean frames x (B, c, n_new, H, W): their K|V are stored (the
-        caller advances the cache); the last block's output is never computed."""
-        self._blocks(step, x, torch.zeros(x.shape[0], device=x.device), text)
+    def run_write(self, step: CachedStep, x: Tensor, text: PreparedText | None, t: float = 0.0) -> None:
+        """One pass of a write plan over clean (or perturbed) frames x (B, c, n_new, H, W) at timestep `t`
+        (0 unless the model was trained with noise-augmented context): their K|V are stored (the caller
+        advances the cache); the last block's output is never computed."""
+        self._blocks(step, x, torch.full((x.shape[0],), float(t), device=x.device), text)
 
     def _blocks(
         self, step: CachedStep, x: Tensor, t: Tensor, text: PreparedText | None
@@ -353,13 +355,19 @@ class CausalSTDiT(nn.Module):
         return self.run_denoise(plan, x, t.to(x.device), text)
 
     def write_cache(
-        self, cache: KVCache, clean: Tensor, y: Caption = None, y_mask: Tensor | None = None
+        self,
+        cache: KVCache,
+        clean: Tensor,
+        y: Caption = None,
+        y_mask: Tensor | None = None,
+        t: float = 0.0,
     ) -> None:
-        """Run clean frames (B, c, n, H, W) at t = 0 with mask channel 1 and append their K|V (evicting the
+        """Run clean frames (B, c, n, H, W) at timestep `t` (default 0; the cache's perturbation level for a
+        model trained with noise-augmented context) with mask channel 1 and append their K|V (evicting the
         oldest frames when full); updates the prefix-enhanced spatial context."""
         self._check_cached(cache, clean)
         text = self._text(y, y_mask, clean.shape[0])
-        self.run_write(self.plan_step(cache, clean.shape[2], write=True), clean, text)
+        self.run_write(self.plan_step(cache, clean.shape[2], write=True), clean, text, t)
         cache.advance(clean.shape[2])
 
     # ------------------------------------------------------------------ checkpoints
