@@ -13,8 +13,8 @@ from ca2vdm_cli.store.card import ModelCard
 from tests.conftest import tiny_config, tiny_model
 
 
-def tiny_vae(seed: int = 0):
-    """A 3-level AutoencoderKL: spatial factor 4, 4 latent channels (32×32 frames -> 8×8 latents)."""
+def tiny_vae(seed: int = 0, latent_channels: int = 4):
+    """A 3-level AutoencoderKL: spatial factor 4, `latent_channels` (32×32 frames -> 8×8 latents)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -25,7 +25,7 @@ def tiny_vae(seed: int = 0):
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(8, 16, 16),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=32,
         mid_block_add_attention=False,
@@ -107,21 +107,7 @@ def tiny_wan_model(seed: int = 0, **overrides):
 
 def tiny_wan_vae(seed: int = 0):
     """The stand-in image VAE of a tiny Wan directory: factor 4, 16 latent channels (Wan's)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=32,
-        mid_block_add_attention=False,
-    ).eval()
+    return tiny_vae(seed, latent_channels=16)
 
 
 def tiny_wan_card(

@@ -13,7 +13,8 @@ from ca2vdm_cli.errors import ConfigError
 from ca2vdm_cli.models.attention_opts import AttentionOptions
 from ca2vdm_cli.models.sparse_attention import AttentionStats
 from ca2vdm_cli.models.wan import CausalWan, WanConfig
-from ca2vdm_cli.models.wan.tempcache import TempWanKVCache, tempcache_nbytes
+from ca2vdm_cli.models.wan.flops import tempcache_nbytes
+from ca2vdm_cli.models.wan.tempcache import TempWanKVCache
 
 HW = (4, 4)  # latent frame: 2×2 = 4 tokens
 

@@ -16,14 +16,9 @@ LATENT = 2  # latent frames are LATENT×LATENT; video frames 8× that
 
 def tiny_wan_vae(seed: int = 0) -> WanVAE:
     """Wan2.1's VAE structure (dim_mult [1,2,4,4], temporal down [F,T,T], 16 latent channels) at base 8."""
-    from diffusers import AutoencoderKLWan
+    from tests.factories import tiny_wan_video_vae
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-    with torch.no_grad():  # random weights give a near-constant output; widen it so errors show
-        for p in vae.parameters():
-            p.mul_(1.5)
-    return WanVAE(vae.eval())
+    return WanVAE(tiny_wan_video_vae(seed))
 
 
 @pytest.fixture(scope="module")

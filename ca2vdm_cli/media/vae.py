@@ -119,8 +119,6 @@ class _VideoStream:
     def decode(self, latents: Tensor, micro_batch: int = 16) -> Tensor:
         from ca2vdm_cli.models.wan.vae import to_uint8
 
-        if latents.shape[2] == 0:
-            return torch.zeros(latents.shape[0], 0, 1, 1, 3, dtype=torch.uint8)
         return to_uint8(self.decoder.decode(latents))  # (B, 3, T, H, W) -> (B, T, H, W, 3)
 
 

@@ -40,6 +40,17 @@ def kv_cache_bytes(cfg: WanConfig, frames: int, tokens: int, dtype_bytes: int = 
     return frames * tokens * cfg.num_layers * 2 * cfg.dim * dtype_bytes
 
 
+def tempcache_nbytes(
+    *, num_layers: int, batch_size: int, num_heads: int, head_dim: int, tokens_per_frame: int,
+    frames: int, dtype_bytes: int,
+) -> int:  # fmt: skip
+    """Allocated bytes of a TempCache pool of `frames` frames (what `TempWanKVCache.nbytes` reports): the
+    K/V slots plus a float32 count and an int64 frame per slot and an int64 pointer per token position."""
+    slots = num_layers * batch_size * num_heads * frames * tokens_per_frame
+    latest = num_layers * batch_size * num_heads * tokens_per_frame
+    return 2 * slots * head_dim * dtype_bytes + slots * (4 + 8) + latest * 8
+
+
 def context_kv_bytes(cfg: WanConfig, dtype_bytes: int = 2) -> int:
     """Cross-attention K and V of one prompt per batch row (94 MB for the 1.3B model in bf16)."""
     return cfg.text_len * cfg.num_layers * 2 * cfg.dim * dtype_bytes

@@ -16,7 +16,7 @@ from typing import Any
 from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
 from ca2vdm_cli.models.wan.config import POSITION_MODES, WanConfig
-from ca2vdm_cli.models.wan.flops import kv_cache_bytes, param_count, tokens_per_frame
+from ca2vdm_cli.models.wan.flops import kv_cache_bytes, param_count, tempcache_nbytes, tokens_per_frame
 
 CONFIG = WanConfig
 ENGINES = ("cache", "recompute")
@@ -220,8 +220,6 @@ def cache_bytes(
     tokens = tokens_per_frame(model, latent_hw)
     opts = sampling.attention
     if opts.kv_compress == "tempcache":  # its pool: the budget (or the dense past) + the block's scratch
-        from ca2vdm_cli.models.wan.tempcache import tempcache_nbytes
-
         pool = opts.tempcache_budget_frames or frames - n
         return tempcache_nbytes(
             num_layers=model.num_layers, batch_size=rows, num_heads=model.num_heads,

@@ -225,17 +225,6 @@ class TempWanKVCache(WanKVCache):
         return {} if self.stats is None else self.stats.summary().get("merge_rate", {})
 
 
-def tempcache_nbytes(
-    *, num_layers: int, batch_size: int, num_heads: int, head_dim: int, tokens_per_frame: int,
-    frames: int, dtype_bytes: int,
-) -> int:  # fmt: skip
-    """Allocated bytes of a TempCache pool of `frames` frames (what `TempWanKVCache.nbytes` reports): the
-    K/V slots plus a float32 count and an int64 frame per slot and an int64 pointer per token position."""
-    slots = num_layers * batch_size * num_heads * frames * tokens_per_frame
-    latest = num_layers * batch_size * num_heads * tokens_per_frame
-    return 2 * slots * head_dim * dtype_bytes + slots * (4 + 8) + latest * 8
-
-
 def _neighbourhood(grid: tuple[int, int], radius: int, device: torch.device) -> Tensor:
     """For each token position of an (h, w) grid, the positions within `radius` (−1 outside): (S, C)."""
     h, w = grid
