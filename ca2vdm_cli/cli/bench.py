@@ -144,16 +144,6 @@ def bench(
         measure_peak=peak,
         compare_dense=compare_dense,
     )
-    options.validate()  # before loading a model that may take minutes
-    setup = load_setup(
-        model,
-        arch,
-        random_weights=random_weights,
-        device=dev,
-        dtype=resolve_dtype(dtype or "auto", dev),
-        seed=seed,
-        text_on_cpu=text_on_cpu,
-    )
     from ca2vdm_cli.cli.render import attention_options
 
     opts = attention_options(
@@ -168,6 +158,16 @@ def bench(
             topk_density=topk_density,
             lsh_bits=lsh_bits,
         )
+    )
+    options.validate()  # before loading a model that may take minutes
+    setup = load_setup(
+        model,
+        arch,
+        random_weights=random_weights,
+        device=dev,
+        dtype=resolve_dtype(dtype or "auto", dev),
+        seed=seed,
+        text_on_cpu=text_on_cpu,
     )
     attention = dict(window=window, sink_frames=sink_frames, position_mode=positions, attention=opts)
     attention = {k: v for k, v in attention.items() if v is not None}
