@@ -16,6 +16,7 @@ CONFIGS = {
     "text+rope": dict(tpe_mode="rope", pe_frames=2),
     "first_frame+mask": dict(pe_mode="first_frame", pe_frames=1, caption_channels=0),
     "fixed+large-cache": dict(tpe_mode="fixed", max_tpe_len=64),
+    "text+pooled-caption": dict(pooled_caption=True),
 }
 
 

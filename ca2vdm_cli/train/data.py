@@ -41,6 +41,7 @@ class LatentClips:
     latents: Tensor  # (N, L, c, h, w) float16
     captions: list[str]
     start_is_described: bool
+    foreground: Tensor | None = None  # (N, L, h, w) uint8: latent pixels touching foreground (see below)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -54,6 +55,14 @@ class LatentClips:
     ) -> tuple[Tensor, list[str]]:
         """`batch` random windows of `length` frames -> (B, c, length, h, w) float32 and their captions.
         Windows start at frame 0 when `from_start` (a clip that begins the video), else anywhere."""
+        clips, captions, _ = self.sample_with_foreground(gen, batch, length, from_start)
+        return clips, captions
+
+    def sample_with_foreground(
+        self, gen: torch.Generator, batch: int, length: int, from_start: bool
+    ) -> tuple[Tensor, list[str], Tensor | None]:
+        """As `sample`, plus the windows' foreground masks (B, length, h, w) float32 (None without masks);
+        the same random draws, so a run with and without masks sees the same clips."""
         if length > self.clip_frames:
             raise ConfigError(f"training needs clips of {length} frames, the data has {self.clip_frames}")
         index = torch.randint(0, len(self), (batch,), generator=gen)
@@ -61,8 +70,12 @@ class LatentClips:
             start = torch.zeros(batch, dtype=torch.long)
         else:
             start = torch.randint(0, self.clip_frames - length + 1, (batch,), generator=gen)
-        clips = torch.stack([self.latents[i, s : s + length] for i, s in zip(index, start, strict=True)])
-        return clips.float().permute(0, 2, 1, 3, 4), [self.captions[i] for i in index.tolist()]
+        pairs = list(zip(index, start, strict=True))
+        clips = torch.stack([self.latents[i, s : s + length] for i, s in pairs])
+        fg = None
+        if self.foreground is not None:
+            fg = torch.stack([self.foreground[i, s : s + length] for i, s in pairs]).float()
+        return clips.float().permute(0, 2, 1, 3, 4), [self.captions[i] for i in index.tolist()], fg
 
 
 def save_clips(path: Path, clips: LatentClips, fingerprint: dict[str, Any]) -> None:
@@ -73,7 +86,10 @@ def save_clips(path: Path, clips: LatentClips, fingerprint: dict[str, Any]) -> N
         "start_is_described": json.dumps(clips.start_is_described),
         "fingerprint": json.dumps(fingerprint, sort_keys=True),
     }
-    save_file({"latents": clips.latents.contiguous()}, str(tmp), metadata=metadata)
+    tensors = {"latents": clips.latents.contiguous()}
+    if clips.foreground is not None:
+        tensors["foreground"] = clips.foreground.contiguous()
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
 
 
@@ -87,21 +103,41 @@ def load_clips(path: Path, fingerprint: dict[str, Any] | None = None) -> LatentC
             logger.warning("latent cache %s was made with other settings; rebuilding it", path)
             return None
         latents = f.get_tensor("latents")
-    return LatentClips(latents, json.loads(meta["captions"]), json.loads(meta["start_is_described"]))
+        fg = f.get_tensor("foreground") if "foreground" in f.keys() else None  # noqa: SIM118 (not a dict)
+    captions, described = json.loads(meta["captions"]), json.loads(meta["start_is_described"])
+    return LatentClips(latents, captions, described, fg)
+
+
+def foreground_masks(pixels: np.ndarray, latent_hw: tuple[int, int], tolerance: int = 48) -> Tensor:
+    """uint8 frames (B, T, H, W, 3) -> uint8 (B, T, h, w): 1 on latent pixels whose patch (or one of its
+    8 neighbours) holds a pixel farther than `tolerance` (sum of |ΔRGB|) from its frame's median colour.
+
+    For the sprites world (black background) that marks the sprites, with a margin for the VAE's blur;
+    the foreground-weighted loss (`train.foreground_weight`) multiplies those latent pixels' error."""
+    frames = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.int16)  # (B, T, H, W, 3)
+    B, T, H, W, _ = frames.shape
+    median = frames.flatten(2, 3).median(dim=2).values  # (B, T, 3)
+    far = (frames - median[:, :, None, None]).abs().sum(-1) > tolerance  # (B, T, H, W)
+    h, w = latent_hw
+    patches = torch.nn.functional.adaptive_max_pool2d(far.flatten(0, 1)[:, None].float(), (h, w))
+    grown = torch.nn.functional.max_pool2d(patches, 3, stride=1, padding=1)  # (B·T, 1, h, w)
+    return grown.view(B, T, h, w).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- sprites
 def sprite_clips(videos: int, frames: int, encode: Encoder, batch: int = 16) -> LatentClips:
     """Videos of the sprites world for seeds 0..videos-1, `frames` frames each."""
-    latents, captions = [], []
+    latents, captions, masks = [], [], []
     for first in range(0, videos, batch):
         scenes = [sprites.sample_scene(seed) for seed in range(first, min(videos, first + batch))]
         pixels = np.stack([sprites.render(scene, frames) for scene in scenes])  # (B, T, 64, 64, 3)
-        latents.append(encode(pixels).permute(0, 2, 1, 3, 4).to(torch.float16).cpu())  # (B, T, c, h, w)
+        z = encode(pixels).permute(0, 2, 1, 3, 4).to(torch.float16).cpu()  # (B, T, c, h, w)
+        latents.append(z)
+        masks.append(foreground_masks(pixels, tuple(z.shape[-2:])))
         captions += [scene.prompt for scene in scenes]
         if (first // batch) % 20 == 0:
             logger.info("latents: encoded %d/%d sprite videos", first + len(scenes), videos)
-    return LatentClips(torch.cat(latents), captions, start_is_described=True)
+    return LatentClips(torch.cat(latents), captions, start_is_described=True, foreground=torch.cat(masks))
 
 
 # ----------------------------------------------------------------------------- video folders
@@ -168,15 +204,17 @@ def folder_clips(
     if not directory.is_dir():
         raise InputError(f"video folder {directory} does not exist")
     captions = read_captions(captions_file)
-    latents, texts = [], []
+    latents, texts, masks = [], [], []
     for rel, caption in sorted(captions.items()):
         path = directory / rel
         if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
             raise InputError(f"{captions_file}: {rel} is not a video file under {directory}")
         for clip in video_clips_iter(path, clip_frames, stride, size):
-            latents.append(encode(clip[None]).permute(0, 2, 1, 3, 4).to(torch.float16).cpu())
+            z = encode(clip[None]).permute(0, 2, 1, 3, 4).to(torch.float16).cpu()  # (1, T, c, h, w)
+            latents.append(z)
+            masks.append(foreground_masks(clip[None], tuple(z.shape[-2:])))
             texts.append(caption)
     if not latents:
         raise InputError(f"no video in {directory} has {clip_frames} frames at stride {stride}")
     logger.info("latents: %d clips from %d videos", len(texts), len(captions))
-    return LatentClips(torch.cat(latents), texts, start_is_described=False)
+    return LatentClips(torch.cat(latents), texts, start_is_described=False, foreground=torch.cat(masks))

@@ -52,18 +52,27 @@ def training_losses(
     t: Tensor,
     noise: Tensor,
     frame_mask: Tensor,
+    weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Hybrid loss per sample: masked MSE on the prediction target (ε or v, `d.target`) plus the masked VB
     term (λ = 1, as IDDPM).
 
     model_out (B, 2c, T, H, W); x0, x_t, noise (B, c, T, H, W); t (B,) training timesteps (d has 1000 steps);
-    frame_mask (B, T) 1 on frames that carry loss (the noisy ones). Returns per-sample tensors (B,).
+    frame_mask (B, T) 1 on frames that carry loss (the noisy ones); `weight` (B, 1, T, H, W) optional
+    per-pixel weights of the MSE term (a weighted mean: the loss scale does not change; the VB term stays
+    unweighted). Returns per-sample tensors (B,).
     """
     c = x0.shape[1]
     m = frame_mask.to(x0.dtype)[:, None, :, None, None].expand_as(x0)  # (B, c, T, H, W)
     denom = m.sum(dim=(1, 2, 3, 4)).clamp(min=1)
     target = d.target(x0, t, noise)  # (B, c, T, H, W)
-    mse = ((target - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
+    if weight is None:
+        mse = ((target - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
+    else:
+        wm = m * weight.to(x0.dtype)  # (B, c, T, H, W)
+        mse = ((target - model_out[:, :c]) ** 2 * wm).sum(dim=(1, 2, 3, 4)) / wm.sum(dim=(1, 2, 3, 4)).clamp(
+            min=1e-12
+        )
     out = {"mse": mse, "loss": mse}
     if model_out.shape[1] == 2 * c:
         frozen = torch.cat([model_out[:, :c].detach(), model_out[:, c:]], dim=1)  # VB trains only v

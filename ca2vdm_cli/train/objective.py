@@ -55,6 +55,7 @@ class PrefixBatch:
     noise: Tensor
     t: Tensor  # (B,) long
     tpe_start: int
+    weight: Tensor | None = None  # (B, 1, T, h, w) per-latent-pixel loss weight (foreground weighting)
 
 
 def make_prefix_batch(
@@ -100,9 +101,30 @@ def make_prefix_batch(
 def prefix_loss(diffusion: Diffusion, model_out: Tensor, batch: PrefixBatch) -> dict[str, Tensor]:
     """Hybrid loss averaged over the batch; the prefix frames carry no loss (frame mask = 1 - prefix)."""
     losses = training_losses(
-        diffusion, model_out, batch.x0, batch.x_t, batch.t, batch.noise, frame_mask=1 - batch.prefix_mask
+        diffusion,
+        model_out,
+        batch.x0,
+        batch.x_t,
+        batch.t,
+        batch.noise,
+        frame_mask=1 - batch.prefix_mask,
+        weight=batch.weight,
     )
     return {k: v.mean() for k, v in losses.items()}
+
+
+def foreground_weight(fg: Tensor | None, weight: float, shape: torch.Size) -> Tensor:
+    """Per-latent-pixel loss weights (B, 1, T, h, w): `weight` on foreground (fg (B, T, h, w) = 1), 1
+    elsewhere. Raises ConfigError when the clips carry no foreground masks (latents made by an older
+    version: delete OUT/latents.safetensors to rebuild them)."""
+    if fg is None:
+        raise ConfigError(
+            "train.foreground_weight needs the clips' foreground masks, which this latent cache lacks; "
+            "delete OUT/latents.safetensors (the latents stage rebuilds it) or set train.foreground_weight=1"
+        )
+    if tuple(fg.shape) != (shape[0], shape[2], shape[3], shape[4]):
+        raise ValueError(f"foreground masks {tuple(fg.shape)} do not match latents {tuple(shape)}")
+    return (1.0 + (weight - 1.0) * fg)[:, None]
 
 
 class TextToVideoObjective(nn.Module):

@@ -51,6 +51,9 @@ class TrainSettings:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | no
     gradient_checkpointing: bool = False
     zero_init_new: bool = True  # from scratch: False = standard init of the temporal/prefix/text branches
+    # > 1: the MSE on latent pixels touching foreground (pixels away from their frame's median colour, see
+    # data.foreground_masks) counts this many times more; 1 = off
+    foreground_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +64,7 @@ class TrainSettings:
             (0 <= self.text_dropout <= 1, "text_dropout must be in [0, 1]"),
             (0 <= self.prefix_perturb_t < 1000, "prefix_perturb_t must be in 0..999"),
             (0 <= self.prefix_noise_max < 1000, "prefix_noise_max must be in 0..999"),
+            (self.foreground_weight >= 1, "foreground_weight must be >= 1 (1 = off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.tpe_random_start in ("full", "all", "none"), "tpe_random_start must be full|all|none"),
             (

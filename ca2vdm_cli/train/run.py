@@ -155,7 +155,7 @@ def latents_stage(recipe: dict[str, Any], out: Path, vae, scale: float, info: Di
 
     spec = recipe["data"]
     path = out / "latents.safetensors"
-    fingerprint = {"data": spec, "vae_scaling_factor": round(scale, 6)}
+    fingerprint = {"data": spec, "vae_scaling_factor": round(scale, 6), "foreground_masks": 1}
     clips = data.load_clips(path, fingerprint) if info.is_main else None
     if info.is_main and clips is None:
         encode = _frame_encoder(vae, scale)
@@ -247,11 +247,14 @@ def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
     def loss_fn(module, step: int, gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         P = obj.sample_prefix_length(gen, allowed, settings.p_zero_prefix)
         T = P + chunk
-        x0, captions = clips.sample(gen, B, T, from_start=clips.start_is_described and P <= 1)
+        from_start = clips.start_is_described and P <= 1
+        x0, captions, fg = clips.sample_with_foreground(gen, B, T, from_start=from_start)
         tpe_start = obj.draw_tpe_start(gen, T, M, settings.tpe_random_start)
         batch = obj.make_prefix_batch(
             x0.to(device), P, gen, diffusion, settings.prefix_perturb_t, tpe_start, settings.prefix_noise_max
         )
+        if settings.foreground_weight != 1.0:
+            batch.weight = obj.foreground_weight(fg, settings.foreground_weight, x0.shape).to(device)
         ids = mask = drop = None
         if tokenizer is not None:
             ids, mask = (t.to(device) for t in tokenize(tokenizer, captions, card.text_max_length))

@@ -41,9 +41,11 @@ class PreparedText:
     tokens: Tensor  # (B, N, C) projected caption
     mask: Tensor | None  # (B, N) bool, True = valid token
     kv: list[tuple[Tensor, Tensor]] | None = None  # per block: (B, h, N, d) keys and values
+    pooled: Tensor | None = None  # (B, C) added to the timestep embedding (ModelConfig.pooled_caption)
 
     def tensors(self) -> list[Tensor]:
         out = [self.tokens] + ([] if self.mask is None else [self.mask])
+        out += [] if self.pooled is None else [self.pooled]
         return out + [t for pair in self.kv or [] for t in pair]
 
 

@@ -76,6 +76,10 @@ class ModelConfig:
     pe_mode: str = "prev_frames"
     pe_frames: int = 3
     temporal_attention: str = "causal"  # causal | full | partial
+    # not in the official architecture (False keeps its keys): the caption's masked mean, through an MLP
+    # (`y_pooler`), is added to the timestep embedding, so every block's adaLN sees the prompt (as DiT's
+    # class label); for small models trained from scratch, whose cross-attention learns slowly
+    pooled_caption: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,6 +139,8 @@ class ModelConfig:
             raise ConfigError("pe_mode='first_frame' uses exactly one context frame (pe_frames=1)")
         if self.max_tpe_len < 1:
             raise ConfigError(f"max_tpe_len must be >= 1, got {self.max_tpe_len}")
+        if self.pooled_caption and not self.has_text:
+            raise ConfigError("pooled_caption=true needs text conditioning (caption_channels > 0)")
 
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

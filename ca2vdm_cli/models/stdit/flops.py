@@ -31,6 +31,8 @@ def caption_flops(cfg: ModelConfig, rows: int, text_tokens: int | None = None, w
         return 0
     C, n = cfg.hidden_size, rows * (text_tokens or cfg.model_max_length)
     proj = _lin(n, cfg.caption_channels, C) + _lin(n, C, C)
+    if cfg.pooled_caption:  # y_pooler on the (rows, C) mean
+        proj += 2 * _lin(rows, C, C)
     return proj + (cfg.depth * _lin(n, C, 2 * C) if with_kv else 0)
 
 

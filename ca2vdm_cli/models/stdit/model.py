@@ -41,6 +41,7 @@ from ca2vdm_cli.models.stdit.config import ModelConfig, mismatch_cause
 from ca2vdm_cli.models.stdit.layers import (
     CaptionEmbedder,
     FinalLayer,
+    Mlp,
     PatchEmbed3D,
     TimestepEmbedder,
     sincos_1d,
@@ -65,6 +66,7 @@ class CausalSTDiT(nn.Module):
         self.y_embedder = (
             CaptionEmbedder(config.caption_channels, C, config.model_max_length) if config.has_text else None
         )
+        self.y_pooler = Mlp(C, C, C) if config.pooled_caption else None
         self.blocks = nn.ModuleList(CausalSTDiTBlock(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(C, math.prod(config.patch_size), config.out_channels)
         pos, tpe = self._position_tables(None, torch.float32)  # on the default device (meta when deferred)
@@ -106,6 +108,8 @@ class CausalSTDiT(nn.Module):
             nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
             nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
         zero = [self.final_layer.linear]
+        if self.y_pooler is not None and zero_init_new:  # fine-tuning: the pooled path starts as a no-op
+            zero.append(self.y_pooler.fc2)
         for block in self.blocks if zero_init_new else ():
             zero.append(block.attn_temp.proj)
             if block.cross_attn is not None:
@@ -154,7 +158,24 @@ class CausalSTDiT(nn.Module):
         if y.shape[0] != batch:
             raise ValueError(f"y has batch {y.shape[0]}, latents have {batch}")
         mask = None if y_mask is None else y_mask.to(device=y.device, dtype=torch.bool)
-        return PreparedText(self.y_embedder(y), mask)  # (B, N, C), (B, N)
+        tokens = self.y_embedder(y)  # (B, N, C)
+        return PreparedText(tokens, mask, pooled=self._pool_caption(tokens, mask))
+
+    def _pool_caption(self, tokens: Tensor, mask: Tensor | None) -> Tensor | None:
+        """The projected caption (B, N, C) averaged over its valid tokens, through `y_pooler` -> (B, C)."""
+        if self.y_pooler is None:
+            return None
+        if mask is None:
+            return self.y_pooler(tokens.mean(1))
+        w = mask.to(tokens.dtype)[..., None]  # (B, N, 1)
+        return self.y_pooler((tokens * w).sum(1) / w.sum(1).clamp(min=1))
+
+    @staticmethod
+    def _add_pooled(t_emb: Tensor, text: PreparedText | None) -> Tensor:
+        """t_emb (B, T', C) plus the pooled caption (B, C) of a pooled-caption model."""
+        if text is None or text.pooled is None:
+            return t_emb
+        return t_emb + text.pooled[:, None].to(t_emb.dtype)
 
     def prepare_text(self, y: Caption, y_mask: Tensor | None, batch: int) -> PreparedText | None:
         """The caption y (B, N, C_text) (None: the null caption) projected once, with every block's
@@ -162,7 +183,7 @@ class CausalSTDiT(nn.Module):
         text = self._text(y, y_mask, batch)
         if text is not None and text.kv is None:
             kv = [block.cross_attn.text_kv(text.tokens) for block in self.blocks if block.cross_attn]
-            text = PreparedText(text.tokens, text.mask, kv)
+            text = PreparedText(text.tokens, text.mask, kv, text.pooled)
         return text
 
     def _tpe(self, start: int, length: int) -> Tensor | None:
@@ -226,8 +247,9 @@ class CausalSTDiT(nn.Module):
                 raise ValueError("prefix_mask must mark a leading run of frames (clean prefix first)")
 
         tokens = self._embed_frames(x)  # (B, T, S, C)
-        t_emb, t_mlp = self.embed_timesteps(t.to(device))
-        frames = FrameInputs(self._tpe(tpe_start, T), prefix.float(), self._text(y, y_mask, B))
+        text = self._text(y, y_mask, B)
+        t_emb, t_mlp = self.embed_timesteps(t.to(device), text)
+        frames = FrameInputs(self._tpe(tpe_start, T), prefix.float(), text)
         temporal = self._full_temporal(prefix, temporal_mask)
         spatial = self._full_spatial(counts, B, T, device) if self.config.has_pe else None
         for block in self.blocks:
@@ -286,10 +308,11 @@ class CausalSTDiT(nn.Module):
             chunk_frames=chunk_frames,
         )
 
-    def embed_timesteps(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """t (B,) or (B, T) -> t_emb (B, T', C) and the adaLN vector t_mlp (B, T', 6C)."""
+    def embed_timesteps(self, t: Tensor, text: PreparedText | None = None) -> tuple[Tensor, Tensor]:
+        """t (B,) or (B, T) -> t_emb (B, T', C) and the adaLN vector t_mlp (B, T', 6C); a pooled-caption
+        model adds the caption's pooled vector (from `text`) to t_emb."""
         t = t[:, None] if t.dim() == 1 else t
-        t_emb = self.t_embedder(t)  # (B, T', C)
+        t_emb = self._add_pooled(self.t_embedder(t), text)  # (B, T', C)
         return t_emb, self.t_block(t_emb)
 
     def plan_step(self, cache: KVCache, n_new: int, *, write: bool) -> CachedStep:
@@ -321,7 +344,7 @@ class CausalSTDiT(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Every block of a cached pass: the last block's tokens (B, T, S, C) and t_emb (B, 1, C)."""
         tokens = self._embed_frames(x)  # (B, T, S, C)
-        t_emb, t_mlp = self.embed_timesteps(t)  # (B, 1, C), (B, 1, 6C)
+        t_emb, t_mlp = self.embed_timesteps(t, text)  # (B, 1, C), (B, 1, 6C)
         frames = FrameInputs(step.tpe, step.mask_feat, text)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

@@ -17,6 +17,8 @@ def count_parameters(cfg: ModelConfig) -> int:
     n += linear(256, C) + linear(C, C) + linear(C, 6 * C)  # t_embedder, t_block
     if cfg.has_text:
         n += linear(cfg.caption_channels, C) + linear(C, C)  # y_proj
+    if cfg.pooled_caption:
+        n += 2 * linear(C, C)  # y_pooler
     n += 2 * C + linear(C, patch * cfg.out_channels)  # final layer
     per_block = 6 * C + 2 * attention + linear(C, mlp_hidden) + linear(mlp_hidden, C)
     if cfg.has_pe:
