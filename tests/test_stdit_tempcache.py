@@ -63,9 +63,8 @@ def test_a_static_scene_merges_and_matches_dense():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     rates = merged.merge_rates()
     assert set(rates) == {0, 1, 2} and min(rates.values()) > 0.99  # every compared key merged
-    assert merged.masked_fraction() == pytest.approx(
-        [0.8] * 3
-    )  # 4 of 5 held slots masked, one representative
+    # 4 of 5 held slots masked behind one representative
+    assert merged.masked_fraction() == pytest.approx([0.8] * 3)
     assert torch.equal(merged.count[..., :5].sum(-1), torch.full(merged.count.shape[:3], 5.0))
     plan = model.plan_step(merged, 4, write=False)
     assert plan.temporal.bias is not None and plan.key[-1] is True
@@ -233,7 +232,7 @@ def test_e_generate_with_tempcache_writes_the_video_and_records_the_option(cli, 
     ],
 )
 def test_e_bad_tempcache_options_are_one_error_line(cli, model_dir, tmp_path, args, message):
-    code, _, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 9, "--out", tmp_path / "a.mp4",
-                       *args)  # fmt: skip
+    out = tmp_path / "a.mp4"
+    code, _, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 9, "--out", out, *args)
     assert code == 1 and err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "a.mp4").exists()
+    assert not out.exists()
