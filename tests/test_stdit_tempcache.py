@@ -236,3 +236,24 @@ def test_e_bad_tempcache_options_are_one_error_line(cli, model_dir, tmp_path, ar
     code, _, err = cli("generate", "--model", model_dir, "-p", "x", "--frames", 9, "--out", out, *args)
     assert code == 1 and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_eval_takes_the_tempcache_options(model_dir):
+    from typer.testing import CliRunner
+
+    from ca2vdm_cli.cli import app, commands  # noqa: F401  (registers the commands)
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--model", str(model_dir), "--kv-compress", "tempcache",
+                              "--tempcache-threshold", "2"])  # fmt: skip
+    assert isinstance(res.exception, ConfigError)
+    assert "--tempcache-threshold must lie in" in str(res.exception)
+    args = ["eval", "--model", str(model_dir), "--modes", "text", "--caches", "card", "--prompts", "1",
+            "--frames", "48", "--threads", "1", "--kv-compress", "tempcache",
+            "--tempcache-threshold", "0.9"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["sampling"]["attention"]["kv_compress"] == "tempcache"
+    assert report["sampling"]["attention"]["tempcache_threshold"] == 0.9
+    assert report["results"]["text, cache 8"]["videos"] == 1
