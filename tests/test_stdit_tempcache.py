@@ -257,3 +257,18 @@ def test_eval_takes_the_tempcache_options(model_dir):
     assert report["sampling"]["attention"]["kv_compress"] == "tempcache"
     assert report["sampling"]["attention"]["tempcache_threshold"] == 0.9
     assert report["results"]["text, cache 8"]["videos"] == 1
+
+
+def test_bench_compares_tempcache_with_dense_on_a_stdit_model():
+    from ca2vdm_cli.bench.runner import Bench, BenchOptions
+    from ca2vdm_cli.bench.setups import load_setup
+
+    setup = load_setup(None, "tiny", random_weights=True, device=torch.device("cpu"), dtype=torch.float32)
+    setup.sampling = setup.sampling.replace(attention=tempcache(0.9))
+    opts = BenchOptions(engines=("cache",), frames=9, warmup_steps=0, measure_peak=False, decode=False,
+                        compare_dense=True)  # fmt: skip
+    report = Bench(setup, opts).run().to_json()
+    engines = {e["engine"]: e for e in report["engines"]}
+    assert list(engines) == ["cache-dense", "cache"]
+    assert engines["cache"]["kv_cache_bytes"] > engines["cache-dense"]["kv_cache_bytes"]  # + the counts
+    assert report["settings"]["sampling"]["attention"]["kv_compress"] == "tempcache"
