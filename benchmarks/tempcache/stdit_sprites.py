@@ -5,6 +5,10 @@ mean over frames, then prompts; per time segment too), for a list of thresholds.
 Usage (CPU, one thread):
   OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tempcache/stdit_sprites.py \
       --prompts 8 --frames 240 --out benchmarks/tempcache/stdit_sprites.json
+  # teacher-forced (text mode): every threshold's cache is fed the dense run's clean frames and noisy
+  # inputs; the relative L2 error of its prediction per AR step, without trajectory divergence
+  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tempcache/stdit_sprites.py --teacher-forced \
+      --prompts 8 --frames 240 --out benchmarks/tempcache/stdit_sprites_tf.json
 """
 
 from __future__ import annotations
@@ -45,6 +49,72 @@ def compare(dense: np.ndarray, other: np.ndarray, segments: int) -> dict:
     }
 
 
+class Shadowed:
+    """The loop's denoiser protocol: runs the dense cache denoiser and feeds every TempCache `shadow` the
+    same clean frames and the same noisy inputs, recording each shadow's relative L2 error against the
+    dense prediction per AR step (teacher-forced: the error of the approximation, no divergence)."""
+
+    def __init__(self, dense, shadows: dict[str, object]) -> None:
+        self.dense, self.shadows = dense, shadows
+        self.errors: dict[str, list[list[float]]] = {name: [] for name in shadows}  # [AR step][step]
+        self.rows = dense.rows
+
+    def reset(self, condition=None) -> None:
+        for d in (self.dense, *self.shadows.values()):
+            d.reset(condition)
+        for errs in self.errors.values():
+            errs.clear()
+        self._new_chunk = True
+
+    def write(self, clean: torch.Tensor) -> None:
+        for d in (self.dense, *self.shadows.values()):
+            d.write(clean)
+        self._new_chunk = True
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        want = self.dense.predict(x, t)
+        for name, shadow in self.shadows.items():
+            if self._new_chunk:
+                self.errors[name].append([])
+            got = shadow.predict(x, t)
+            self.errors[name][-1].append(float((got - want).norm() / want.norm()))
+        self._new_chunk = False
+        return want
+
+
+def teacher_forced(pipeline, prompts, seeds, frames, taus, max_count, segments) -> dict:
+    """Text-to-video on the dense trajectory; each threshold's cache sees the dense clean frames."""
+    from ca2vdm_cli.models.stdit.family import sample_video
+
+    card, model = pipeline.card, pipeline.model
+    rows = pipeline.family.model_rows(card.sampling, len(seeds))
+    dense = pipeline.family.make_denoiser("cache", model, rows, card.sampling)
+    shadows, stats = {}, {}
+    for tau in taus:
+        opts = AttentionOptions(kv_compress="tempcache", tempcache_threshold=tau,
+                                tempcache_max_count=max_count)  # fmt: skip
+        shadow = pipeline.family.make_denoiser("cache", model, rows, card.sampling.replace(attention=opts))
+        shadow.cache.stats = stats[str(tau)] = AttentionStats()
+        shadows[str(tau)] = shadow
+    y, mask = pipeline.encode_prompts(prompts)
+    engine = Shadowed(dense, shadows)
+    with torch.inference_mode():
+        for _ in sample_video(model, card.sampling, num_frames=frames, seeds=seeds, y=y, y_mask=mask,
+                              engine=engine):  # fmt: skip
+            pass
+    out = {}
+    for name, errs in engine.errors.items():
+        per_chunk = np.array([np.mean(e) for e in errs])  # mean over denoising steps
+        bounds = np.linspace(0, len(per_chunk), segments + 1).astype(int)
+        out[name] = {
+            "rel_l2_mean": float(per_chunk.mean()),
+            "rel_l2_max_chunk": float(per_chunk.max()),
+            "rel_l2_segments": [float(per_chunk[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+            "merge_rate_per_block": stats[name].summary().get("merge_rate", {}),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="weights/sprites")
@@ -56,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seed-base", type=int, default=10**7)
     ap.add_argument("--segments", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("stdit_sprites.json"))
+    ap.add_argument("--teacher-forced", action="store_true", help="only the teacher-forced text-mode run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipeline = Pipeline.from_model_dir(args.model)
@@ -65,6 +136,14 @@ def main() -> None:
     prompts = [s.prompt for s in scenes]
     given = np.stack([world.render(s, 1)[0] for s in scenes]) if args.mode == "image" else None
     rows = pipeline.family.model_rows(card.sampling, len(seeds))
+    taus = [float(t) for t in args.thresholds.split(",")]
+    if args.teacher_forced:
+        report = {"model": card.name, "mode": "text, teacher-forced", "prompts": args.prompts,
+                  "frames": args.frames, "seeds": [seeds[0], seeds[-1]], "torch": torch.__version__,
+                  "tempcache": teacher_forced(pipeline, prompts, seeds, args.frames, taus, args.max_count,
+                                              args.segments)}  # fmt: skip
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     def run(options: AttentionOptions | None) -> tuple[np.ndarray, dict]:
         sampling = card.sampling if options is None else card.sampling.replace(attention=options)
@@ -93,7 +172,7 @@ def main() -> None:
         "dense": dense_info,
         "tempcache": {},
     }
-    for tau in (float(t) for t in args.thresholds.split(",")):
+    for tau in taus:
         opts = AttentionOptions(kv_compress="tempcache", tempcache_threshold=tau,
                                 tempcache_max_count=args.max_count)  # fmt: skip
         videos, info = run(opts)
