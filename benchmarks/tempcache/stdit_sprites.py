@@ -109,7 +109,9 @@ def teacher_forced(pipeline, prompts, seeds, frames, taus, max_count, segments) 
         out[name] = {
             "rel_l2_mean": float(per_chunk.mean()),
             "rel_l2_max_chunk": float(per_chunk.max()),
-            "rel_l2_segments": [float(per_chunk[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+            "rel_l2_segments": [
+                float(per_chunk[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ],
             "merge_rate_per_block": stats[name].summary().get("merge_rate", {}),
         }
     return out
