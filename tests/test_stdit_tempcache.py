@@ -272,3 +272,28 @@ def test_bench_compares_tempcache_with_dense_on_a_stdit_model():
     assert list(engines) == ["cache-dense", "cache"]
     assert engines["cache"]["kv_cache_bytes"] > engines["cache-dense"]["kv_cache_bytes"]  # + the counts
     assert report["settings"]["sampling"]["attention"]["kv_compress"] == "tempcache"
+
+
+def test_a_captured_step_replays_the_tempcache_bias():
+    """The ln(count) bias is a per-AR-step input of the planned step: a captured graph (the CUDA-graph
+    stand-in of test_hotpath) must copy it in, and a plan with a bias is a different graph."""
+    from ca2vdm_cli.engine.accel import GraphedStep
+    from tests.test_hotpath import ReplayFromBuffers
+
+    model = tiny_model()
+    config = SamplingConfig(steps=3, chunk=4, cache_frames=5)
+    sampling = config.replace(attention=tempcache(0.3))  # low: the random model merges some keys
+
+    def rollout(step=None):
+        denoiser = make_denoiser("cache", model, 2, sampling, step=step)
+        denoiser.cache.stats = AttentionStats()
+        chunks = sample_chunks(model, sampling, frames=16, engine=denoiser)
+        return chunks, denoiser.cache.merge_rates()
+
+    eager, rates = rollout()
+    assert min(rates.values()) > 0
+    backend = ReplayFromBuffers()
+    graphed, _ = rollout(GraphedStep(model.run_denoise, capture=backend))
+    assert backend.replays > 0
+    for a, b in zip(eager, graphed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
