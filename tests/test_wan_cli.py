@@ -258,10 +258,10 @@ def test_bad_attention_options_are_one_error_line(cli, wan_dir, tmp_path, args, 
     assert code == 1 and err.count("\n") == 1 and message in err, err
 
 
-def test_a_ca2vdm_model_refuses_the_attention_options(tmp_path):
+def test_a_ca2vdm_model_refuses_the_attention_options_it_lacks(tmp_path):
     from tests.factories import tiny_card
 
-    with pytest.raises(Exception, match="implemented for the causal Wan family only"):
+    with pytest.raises(Exception, match="sparse_cross='pad' is not implemented for CausalSTDiT"):
         from ca2vdm_cli.models.attention_opts import AttentionOptions
 
         check_inputs(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ca2vdm_cli.cli import app
+from ca2vdm_cli.cli import app, options
 
 ROWS = (
     ("presence", "presence (all frames)"),
@@ -67,16 +67,21 @@ def eval_(
     cfg_scale: Annotated[
         float | None, typer.Option(help="Classifier-free guidance (default: the card's).")
     ] = None,
+    kv_compress: options.KvCompress = None,
+    tempcache_threshold: options.TempcacheThreshold = None,
+    tempcache_max_count: options.TempcacheMaxCount = None,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: torch's default).")] = 0,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Score a sprites model on held-out seeds; prints a table on stderr and one JSON object on stdout.
 
     Example: ca2vdm eval --model weights/sprites --prompts 32 --frames 240
+    (add --kv-compress tempcache --tempcache-threshold 0.95 to score TempCache against the same seeds)
     """
     import torch
 
     from ca2vdm_cli.cli.progress import quiet_libraries
+    from ca2vdm_cli.cli.render import attention_options
     from ca2vdm_cli.cli.settings import resolve_model_dir
     from ca2vdm_cli.errors import InputError
     from ca2vdm_cli.sprites.evaluate import evaluate_model, evaluate_world
@@ -92,6 +97,13 @@ def eval_(
         sizes.append(None if item == "card" else int(item))
     if not sizes:
         raise InputError("--caches is empty; use card,1")
+    attention = attention_options(  # checked before the model loads
+        dict(
+            kv_compress=kv_compress,
+            tempcache_threshold=tempcache_threshold,
+            tempcache_max_count=tempcache_max_count,
+        )
+    )
     if threads:
         torch.set_num_threads(threads)
     quiet_libraries(debug)
@@ -99,7 +111,7 @@ def eval_(
     if "text" in chosen and not components.card.text_to_video:
         raise InputError(f"model {components.card.name!r} cannot start from text; use --modes image")
     card = components.card
-    overrides = {"steps": steps, "sampler": sampler, "cfg_scale": cfg_scale}
+    overrides = {"steps": steps, "sampler": sampler, "cfg_scale": cfg_scale, "attention": attention}
     sampling = card.sampling.replace(**{k: v for k, v in overrides.items() if v is not None})
     sampling.validate(card.model)
     settings = [(m, cap) for cap in sizes for m in chosen]

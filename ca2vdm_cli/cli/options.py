@@ -59,16 +59,20 @@ Positions = Annotated[
 KvCompress = Annotated[
     Literal["none", "tempcache"] | None,
     typer.Option(
-        help="Causal Wan: TempCache merges near-duplicate cached keys of consecutive frames (training-free; "
-        "docs/tempcache.md). [default: none]"
+        help="Causal Wan and CausalSTDiT: TempCache merges near-duplicate cached keys of consecutive "
+        "frames (training-free; docs/tempcache.md). [default: none]"
     ),
 ]
 TempcacheThreshold = Annotated[
     float | None,
-    typer.Option(help="TempCache: post-RoPE cosine at which keys merge, in (0, 1]. [default: 0.95]"),
+    typer.Option(
+        help="TempCache: cosine of cached keys (post-RoPE in causal Wan) at which they merge, in (0, 1]. "
+        "[default: 0.95]"
+    ),
 ]
 TempcacheBudget = Annotated[
-    int | None, typer.Option(help="TempCache: slots in frames of tokens. [default: the dense cache's]")
+    int | None,
+    typer.Option(help="Causal Wan TempCache: slots in frames of tokens. [default: the dense cache's]"),
 ]
 TempcacheMaxCount = Annotated[
     int | None, typer.Option(help="TempCache: most keys one slot may merge. [default: unbounded]")

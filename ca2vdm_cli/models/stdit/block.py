@@ -78,7 +78,9 @@ class FullTemporal:
 class CachedTemporal:
     """Keys/values = [cached clean frames ; the chunk]; the chunk is causal inside itself (bottom-right
     aligned mask) and sees every cached frame. With `write`, the chunk's K|V are stored (before RoPE).
-    Built for a chunk of `n_new` frames against the cache as it is now; valid until the cache changes."""
+    Built for a chunk of `n_new` frames against the cache as it is now; valid until the cache changes.
+    With a TempCache whose held frames have merged, `bias` ((D, B·S, h, 1, n + n_new): ln(count) of the
+    cached slots, 0 for the chunk) is added to the logits as a float mask; None otherwise (dense)."""
 
     def __init__(self, cache: KVCache, n_new: int, *, write: bool, causal_chunk: bool, rope: bool) -> None:
         self.cache, self.write = cache, write
@@ -87,6 +89,15 @@ class CachedTemporal:
         self.mask: Tensor | None = None  # (n_new, n + n_new) bool
         if causal_chunk and n_new > 1:
             self.mask = torch.ones(n_new, n + n_new, dtype=torch.bool, device=device).tril(n)
+        self.bias: Tensor | None = None  # (D, B·S, h, 1, n + n_new) float
+        cached_bias = cache.temporal_bias(n)  # (D, B·S, h, 1, n) or None
+        if cached_bias is not None:
+            own = cached_bias.new_zeros(cached_bias.shape[:-1] + (n_new,))
+            self.bias = torch.cat([cached_bias, own], dim=-1)
+            if self.mask is not None:  # the chunk's causal mask as an additive one
+                self.mask = torch.zeros(self.mask.shape, dtype=self.bias.dtype, device=device).masked_fill(
+                    ~self.mask, float("-inf")
+                )
         self.rope_q: tuple[Tensor, Tensor] | None = None  # cos, sin (n_new, d/2)
         self.rope_k: tuple[Tensor, Tensor] | None = None  # cos, sin (n + n_new, d/2)
         if rope:
@@ -97,7 +108,7 @@ class CachedTemporal:
 
     def inputs(self) -> list[Tensor]:
         """Tensors whose values may differ between two routes of the same shape (the ring's RoPE order)."""
-        return [*(self.rope_q or ()), *(self.rope_k or ())]
+        return [*(self.rope_q or ()), *(self.rope_k or ()), *(() if self.bias is None else (self.bias,))]
 
     def attend(self, block: int, q: Tensor, k: Tensor, v: Tensor, need_output: bool) -> Tensor | None:
         # q, k, v (B·S, h, l, d) for the l new frames
@@ -106,7 +117,10 @@ class CachedTemporal:
             k_all, v_all = self.cache.window(block, self.n_cached, k, v)  # (B·S, h, n_cached + l, d)
             if self.rope_q is not None and self.rope_k is not None:
                 q, k_all = rope_apply(q, *self.rope_q), rope_apply(k_all, *self.rope_k)
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=self.mask)
+            mask = self.mask
+            if self.bias is not None:  # (B·S, h, 1, L) [+ (n_new, L)]: TempCache's ln(count)
+                mask = self.bias[block] if mask is None else self.bias[block] + mask
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         if self.write:
             self.cache.store(block, k, v)
         return out
@@ -185,10 +199,10 @@ class CachedStep:
     spatial: CachedSpatial | None
 
     @property
-    def key(self) -> tuple[int, bool, int, bool]:
+    def key(self) -> tuple[int, bool, int, bool, bool]:
         """Steps with equal keys run the same computation on same-shaped tensors (one compiled graph)."""
         context = self.spatial is not None and self.spatial.has_context
-        return (self.n_new, self.write, self.temporal.n_cached, context)
+        return (self.n_new, self.write, self.temporal.n_cached, context, self.temporal.bias is not None)
 
     def inputs(self) -> list[Tensor]:
         """Tensors whose values differ between steps with equal keys (copied into a captured graph)."""

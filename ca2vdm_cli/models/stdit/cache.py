@@ -137,6 +137,11 @@ class KVCache:
             torch.cat([self.v[block, :, :, :n_cached], v], dim=-2),
         )
 
+    def temporal_bias(self, n_cached: int) -> Tensor | None:
+        """A logit bias for the first `n_cached` slots ((D, B·S, h, 1, n_cached)); None: plain attention
+        (always, here; `TempKVCache` gives ln(count) once frames have merged)."""
+        return None
+
     def store(self, block: int, k: Tensor, v: Tensor) -> None:
         """Put the K|V of the next n frames (B·S, h, n, d) into their slots; call `advance(n)` after the
         last block. Only the newest `max_frames` of them can be kept."""

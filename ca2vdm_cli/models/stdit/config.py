@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
 
 TPE_MODES = ("fixed", "cyclic", "rope")
 SAMPLERS = ("iddpm", "ddim")
@@ -268,6 +269,31 @@ def mismatch_cause(missing: list[str], unexpected: list[str], wrong: list[str]) 
 
 
 PREFIX_TIMESTEPS = ("zero", "perturb")
+MODEL_NAME = "CausalSTDiT"
+
+
+def check_attention(opts: AttentionOptions, model: ModelConfig) -> None:
+    """The attention options this family implements: TempCache at radius 0 over the --cache-frames ring
+    (no AnnCA / AnnSA, no slot budget). One ConfigError naming the value and the fix."""
+    if opts.kv_compress == "tempcache":
+        if model.tpe_mode == "rope":
+            raise ConfigError(
+                "kv_compress='tempcache' compares the cached temporal keys, which this CausalSTDiT "
+                "(tpe_mode='rope') stores before its window-relative RoPE; use a model with tpe_mode "
+                "'cyclic' or 'fixed', or kv_compress='none'"
+            )
+        if opts.tempcache_radius != 0:
+            raise ConfigError(
+                f"tempcache_radius={opts.tempcache_radius}: the CausalSTDiT TempCache merges at the same "
+                "spatial location only; use tempcache_radius=0"
+            )
+        if opts.tempcache_budget_frames is not None:
+            raise ConfigError(
+                f"--tempcache-budget {opts.tempcache_budget_frames} does not apply to CausalSTDiT: its "
+                "TempCache masks merged slots inside the --cache-frames ring; drop --tempcache-budget "
+                "(or lower --cache-frames)"
+            )
+    opts.check_supported(model=MODEL_NAME, has_text=model.has_text, implemented=("kv_compress",))
 
 
 @dataclass(frozen=True)
@@ -286,6 +312,7 @@ class SamplingConfig:
     prediction: str = "eps"  # eps | v: what the first c output channels predict
     schedule: str = "linear"  # linear | linear_zsnr (zero terminal SNR) | cosine
     clip_x0: float = 0.0  # > 0: clamp the predicted x0 to ±clip_x0 before each step; 0 = off
+    attention: AttentionOptions = DENSE  # TempCache (issue 15, `stdit.tempcache`); dense by default
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ConfigError naming the bad value and the bound it breaks."""
@@ -327,23 +354,25 @@ class SamplingConfig:
             raise ConfigError("schedule='linear_zsnr' needs prediction='v' (ε cannot give x0 where ᾱ = 0)")
         if self.clip_x0 < 0:
             raise ConfigError(f"clip_x0={self.clip_x0} must be >= 0 (0: off)")
+        check_attention(self.attention, model)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["attention"] = self.attention.to_dict()  # only the knobs of the options in use
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingConfig:
         check_keys(cls, d, "sampling")
+        if "attention" in d:
+            d = {**d, "attention": AttentionOptions.from_dict(d["attention"])}
         return cls(**d)
 
     def replace(self, **changes: Any) -> SamplingConfig:
         """Run-time overrides; an option of another family is one ConfigError naming it."""
         names = {f.name for f in dataclasses.fields(self)}
-        if "attention" in changes:
-            raise ConfigError(
-                "--kv-compress / --sparse-cross / --sparse-self are implemented for the causal Wan family "
-                "only; this CausalSTDiT model runs dense attention: drop them"
-            )
+        if changes.get("attention", DENSE) is None:
+            changes = {**changes, "attention": DENSE}
         for name in changes:
             if name not in names:
                 flag = "--" + name.replace("_", "-").replace("position-mode", "positions")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.models.attention_opts import AttentionOptions
 from ca2vdm_cli.models.stdit.block import CachedStep, PreparedText
 from ca2vdm_cli.models.stdit.model import CausalSTDiT
 from ca2vdm_cli.models.stdit.spec import ENGINES
@@ -40,10 +41,11 @@ class CacheDenoiser:
         chunk_frames: int = 0,
         step: StepFn | None = None,
         write_t: float = 0.0,
+        attention: AttentionOptions | None = None,
     ) -> None:
         self.model, self.rows = model, rows
         self.write_t = write_t  # timestep the written frames run at (sampling.prefix_timestep)
-        self.cache = model.new_cache(rows, cache_frames, chunk_frames)
+        self.cache = model.new_cache(rows, cache_frames, chunk_frames, attention=attention)
         self.step = step  # None: model.run_denoise
         self.text: PreparedText | None = None
         self._plan: CachedStep | None = None
@@ -115,12 +117,14 @@ def make_denoiser(
     step: StepFn | None = None,
     forward: ForwardFn | None = None,
     write_t: float = 0.0,
+    attention: AttentionOptions | None = None,
 ) -> CacheDenoiser | RecomputeDenoiser:
     """A denoiser by engine name. `chunk_frames` reserves scratch slots for chunks of that length next to
     the cache; `step` / `forward` replace the model's cached step / full forward (`engine.accel`);
-    `write_t` is the timestep the clean (perturbed) frames are run at."""
+    `write_t` is the timestep the clean (perturbed) frames are run at; `attention` (TempCache) applies
+    to the cache engine only: the recompute baselines hold no cache and stay dense, as in the Wan family."""
     if name == "cache":
-        return CacheDenoiser(model, rows, cache_frames, chunk_frames, step, write_t)
+        return CacheDenoiser(model, rows, cache_frames, chunk_frames, step, write_t, attention)
     if name == "recompute":
         return RecomputeDenoiser(model, cache_frames, forward, write_t)
     if name == "recompute-full":

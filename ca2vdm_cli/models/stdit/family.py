@@ -100,6 +100,7 @@ def make_denoiser(
         step=step,
         forward=forward,
         write_t=prefix_write_t(sampling),
+        attention=sampling.attention,
     )
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ca2vdm_cli.errors import ConfigError, WeightsError
+from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
 from ca2vdm_cli.models.keys import describe_key_mismatch, key_mismatch
 from ca2vdm_cli.models.stdit.block import (
     CachedSpatial,
@@ -37,7 +38,7 @@ from ca2vdm_cli.models.stdit.block import (
     PreparedText,
 )
 from ca2vdm_cli.models.stdit.cache import KVCache
-from ca2vdm_cli.models.stdit.config import ModelConfig, mismatch_cause
+from ca2vdm_cli.models.stdit.config import ModelConfig, check_attention, mismatch_cause
 from ca2vdm_cli.models.stdit.layers import (
     CaptionEmbedder,
     FinalLayer,
@@ -47,6 +48,7 @@ from ca2vdm_cli.models.stdit.layers import (
     sincos_1d,
     sincos_2d,
 )
+from ca2vdm_cli.models.stdit.tempcache import TempKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -289,12 +291,26 @@ class CausalSTDiT(nn.Module):
         return FullSpatial(index, valid)
 
     # ------------------------------------------------------------------ cached inference
-    def new_cache(self, batch_size: int, max_frames: int, chunk_frames: int = 0) -> KVCache:
+    def new_cache(
+        self,
+        batch_size: int,
+        max_frames: int,
+        chunk_frames: int = 0,
+        attention: AttentionOptions | None = None,
+    ) -> KVCache:
         """A cache for `batch_size` rows (2B with CFG: [uncond; cond]) of at most `max_frames` frames, with
-        scratch slots for chunks of up to `chunk_frames` frames (see `KVCache`)."""
+        scratch slots for chunks of up to `chunk_frames` frames (see `KVCache`). `attention` with
+        kv_compress="tempcache" gives a `TempKVCache` (ConfigError for options this family lacks)."""
         cfg = self.config
         param = self.x_embedder.proj.weight
-        return KVCache(
+        opts = attention or DENSE
+        check_attention(opts, cfg)
+        kind = KVCache
+        extra: dict = {}
+        if opts.kv_compress == "tempcache":
+            kind, extra = TempKVCache, {"options": opts}
+        return kind(
+            **extra,
             depth=cfg.depth,
             batch_size=batch_size,
             max_frames=max_frames,

@@ -46,3 +46,10 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_frames: int, bytes_per: in
     `bytes_per` bytes; what `KVCache.nbytes` holds (tested)."""
     frames = cache_frames + (cfg.pe_frames if cfg.has_pe else 0)
     return cfg.depth * rows * frames * cfg.tokens_per_frame * 2 * cfg.hidden_size * bytes_per
+
+
+def tempcache_meta_bytes(cfg: ModelConfig, rows: int, cache_frames: int, bytes_per: int) -> int:
+    """Bytes TempCache adds to the queue (`TempKVCache.nbytes` − `KVCache.nbytes`, tested): per block,
+    location and head a float32 count and an int32 group start per slot and one value vector."""
+    sequences = cfg.depth * rows * cfg.tokens_per_frame * cfg.num_heads
+    return sequences * (cache_frames * (4 + 4) + cfg.head_dim * bytes_per)

@@ -7,7 +7,12 @@ from typing import Any
 
 from ca2vdm_cli.errors import ConfigError, InputError
 from ca2vdm_cli.models.stdit.config import ModelConfig, SamplingConfig
-from ca2vdm_cli.models.stdit.sizes import count_buffers, count_parameters, kv_cache_bytes
+from ca2vdm_cli.models.stdit.sizes import (
+    count_buffers,
+    count_parameters,
+    kv_cache_bytes,
+    tempcache_meta_bytes,
+)
 
 CONFIG = ModelConfig
 SAMPLING = SamplingConfig
@@ -51,8 +56,11 @@ def check_frames(card: Any, sampling: SamplingConfig, given: int, latent_frames:
 def cache_bytes(
     model: ModelConfig, sampling: SamplingConfig, rows: int, latent_hw: tuple[int, int], b: int
 ) -> int:
-    """Bytes of the KV-cache queue for `rows` model rows."""
-    return kv_cache_bytes(model, rows, sampling.cache_frames, b)
+    """Bytes of the KV-cache queue for `rows` model rows (with TempCache: plus its counts)."""
+    queue = kv_cache_bytes(model, rows, sampling.cache_frames, b)
+    if sampling.attention.kv_compress == "tempcache":
+        queue += tempcache_meta_bytes(model, rows, sampling.cache_frames, b)
+    return queue
 
 
 def memory_parts(
@@ -74,7 +82,9 @@ CACHE_KNOB = "lower --cache-frames or --chunk"
 
 def cache_summary(sampling: SamplingConfig, rows: int) -> str:
     """How the cache is laid out, for the plan line."""
-    return f"{sampling.cache_frames} frames x {rows} rows"
+    opts = sampling.attention
+    extra = "" if opts.dense else f", attention {opts.to_dict()}"
+    return f"{sampling.cache_frames} frames{extra} x {rows} rows"
 
 
 def caption_shape(model: ModelConfig) -> tuple[int, int]:
