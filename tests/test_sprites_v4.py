@@ -15,23 +15,11 @@ from ca2vdm_cli.train.data import LatentClips, foreground_masks, load_clips, sav
 from ca2vdm_cli.train.losses import training_losses
 from ca2vdm_cli.train.objective import foreground_weight
 from ca2vdm_cli.train.recipe import TrainSettings
-from tests.conftest import caption, tiny_model
+from tests.conftest import caption, tiny_config, tiny_model
 
 
 def _cfg(**kw) -> ModelConfig:
-    base = dict(
-        latent_size=(8, 8),
-        patch_size=(1, 4, 4),
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        caption_channels=16,
-        model_max_length=4,
-        max_tpe_len=5,
-        mask_channel=True,
-        pe_frames=2,
-    )
-    return ModelConfig(**{**base, **kw})
+    return tiny_config(depth=1, **kw)
 
 
 def test_pooled_caption_is_off_by_default_and_adds_only_the_pooler_keys():
