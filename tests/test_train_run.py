@@ -62,7 +62,7 @@ def test_all_stages_and_the_exported_model(tmp_path):
     for name in ("vae", "vae-decoder", "latents.safetensors", "recipe.json"):
         assert (tmp_path / name).exists(), name
     comps = load_model_dir(model_dir)
-    assert comps.card.name == "sprites" and comps.card.text_to_video and comps.card.tokenizer == "byt5"
+    assert comps.card.name == "sprites" and comps.card.text_to_video and comps.card.tokenizer == "files"
     assert comps.card.vae_scaling_factor == pytest.approx(comps.vae.config.scaling_factor)
     ckpt = load_checkpoint(list_checkpoints(tmp_path / "checkpoints" / "dit")[-1][1])
     weight = "final_layer.linear.weight"

@@ -90,7 +90,11 @@ class TrainSettings:
 
 
 # The embedded default model (weights/sprites): 64×64 frames, a 4× VAE (16×16×4 latents), 4×4 patches
-# (16 tokens per frame), chunks of 4 frames, a queue of 9 clean frames (M = 9 + 4 = 13).
+# (16 tokens per frame), chunks of 4 frames, a queue of 9 clean frames (M = 9 + 4 = 13). v4 (issue 12):
+# v-prediction on the zero-terminal-SNR schedule, a word-level tokenizer over the grammar, the pooled caption
+# in the timestep embedding, standard init of the new branches, noise-augmented context (prefix at
+# t_p ~ U{0..300}, the cache written at 150), 9,000 steps with cosine decay. The shipped weights reused the
+# previous release's VAE: `--set vae='{"path": "weights/sprites/vae"}'` (docs/sprites-model.md).
 SPRITES: dict[str, Any] = {
     "name": "sprites",
     "seed": 0,
@@ -109,29 +113,34 @@ SPRITES: dict[str, Any] = {
             "depth": 6,
             "num_heads": 4,
             "caption_channels": 128,
-            "model_max_length": 80,
+            "model_max_length": 16,
             "max_tpe_len": 13,
             "tpe_mode": "cyclic",
             "mask_channel": True,
             "pe_mode": "prev_frames",
             "pe_frames": 2,
             "class_dropout_prob": 0.1,
+            "pooled_caption": True,
         },
         "sampling": {
-            "steps": 20,
+            "steps": 10,
             "sampler": "iddpm",
             "chunk": 4,
             "cache_frames": 9,
-            "cfg_scale": 1.0,
-            "prefix_perturb_t": 50,
+            "cfg_scale": 3.0,  # same cost as 20 steps without CFG; chosen on 48 frames (RESULTS.md §14)
+            "prediction": "v",
+            "schedule": "linear_zsnr",
+            "prefix_perturb_t": 150,
+            "prefix_timestep": "perturb",
         },
         "video": {"fps": 12, "height": 64, "width": 64},
         "vae": {"downsample": 4},
-        "text": {"max_length": 80, "tokenizer": "byt5"},
+        "text": {"max_length": 16, "tokenizer": "files"},
         "text_to_video": True,
     },
     "text_encoder": {
         "train": True,
+        "tokenizer": "words",
         "config": {
             "vocab_size": 384,
             "d_model": 128,
@@ -166,18 +175,21 @@ SPRITES: dict[str, Any] = {
     },
     "data": {"kind": "sprites", "videos": 1000, "frames": 32},
     "train": {
-        "steps": 2500,
-        "batch_size": 8,  # per process: the shipped model ran 2 processes (torchrun), 16 clips per step
+        "steps": 9000,
+        "batch_size": 8,  # per process: the shipped model ran 1 process × 1 thread
         "lr": 3e-4,
         "warmup_steps": 200,
-        "min_lr_ratio": 1.0,
+        "min_lr_ratio": 0.1,
         "ema_decay": 0.999,
-        "checkpoint_every": 250,
-        "log_every": 25,
+        "checkpoint_every": 500,
+        "keep_checkpoints": 2,
+        "log_every": 50,
         "p_zero_prefix": 0.15,
-        "prefix_perturb_t": 50,
+        "prefix_perturb_t": 50,  # unused with prefix_noise_max > 0
+        "prefix_noise_max": 300,
         "tpe_random_start": "all",
         "text_dropout": 0.1,
+        "zero_init_new": False,
     },
 }
 
