@@ -135,6 +135,15 @@ class Diffusion:
         ac = self.base_alphas_cumprod.to(x0.device)[t].float().reshape(-1, *([1] * (x0.dim() - 1)))
         return ac.sqrt() * noise - (1 - ac).sqrt() * x0  # v (B, c, T, H, W)
 
+    def x0_at(self, x_t: Tensor, pred: Tensor, t: Tensor) -> Tensor:
+        """x0 from the prediction (ε̂ or v̂, as `prediction`) at per-sample respaced steps t (B,), no clamp:
+        the training loss's form of `x0_and_eps`. x_t, pred (B, c, T, H, W)."""
+        shape = (-1,) + (1,) * (x_t.dim() - 1)
+        ac = self.alphas_cumprod.to(x_t.device)[t]
+        if self.prediction == "v":
+            return ac.sqrt().float().view(shape) * x_t - (1 - ac).sqrt().float().view(shape) * pred
+        return (1 / ac).sqrt().float().view(shape) * x_t - (1 / ac - 1).sqrt().float().view(shape) * pred
+
     # ------------------------------------------------------------------ reverse process
     def predict_x0(self, x: Tensor, eps: Tensor, i: int) -> Tensor:
         """x0 from ε̂ at respaced step i (ε-parameterisation only; no clamp)."""

@@ -35,12 +35,7 @@ def model_mean_log_variance(d: Diffusion, model_out: Tensor, x_t: Tensor, t: Ten
     max_log = torch.log(d.betas.to(x_t.device)[t]).float().view(shape)
     frac = (v + 1) / 2
     log_var = frac * max_log + (1 - frac) * min_log
-    ac = d.alphas_cumprod.to(x_t.device)[t]
-    if d.prediction == "v":
-        x0 = ac.sqrt().float().view(shape) * x_t - (1 - ac).sqrt().float().view(shape) * pred
-    else:
-        x0 = (1 / ac).sqrt().float().view(shape) * x_t - (1 / ac - 1).sqrt().float().view(shape) * pred
-    mean, _ = q_posterior(d, x0, x_t, t)
+    mean, _ = q_posterior(d, d.x0_at(x_t, pred, t), x_t, t)
     return mean, log_var
 
 
@@ -66,13 +61,11 @@ def training_losses(
     m = frame_mask.to(x0.dtype)[:, None, :, None, None].expand_as(x0)  # (B, c, T, H, W)
     denom = m.sum(dim=(1, 2, 3, 4)).clamp(min=1)
     target = d.target(x0, t, noise)  # (B, c, T, H, W)
-    if weight is None:
-        mse = ((target - model_out[:, :c]) ** 2 * m).sum(dim=(1, 2, 3, 4)) / denom
-    else:
+    wm, w_denom = m, denom
+    if weight is not None:
         wm = m * weight.to(x0.dtype)  # (B, c, T, H, W)
-        mse = ((target - model_out[:, :c]) ** 2 * wm).sum(dim=(1, 2, 3, 4)) / wm.sum(dim=(1, 2, 3, 4)).clamp(
-            min=1e-12
-        )
+        w_denom = wm.sum(dim=(1, 2, 3, 4)).clamp(min=1e-12)
+    mse = ((target - model_out[:, :c]) ** 2 * wm).sum(dim=(1, 2, 3, 4)) / w_denom
     out = {"mse": mse, "loss": mse}
     if model_out.shape[1] == 2 * c:
         frozen = torch.cat([model_out[:, :c].detach(), model_out[:, c:]], dim=1)  # VB trains only v
