@@ -95,6 +95,8 @@ with torch.inference_mode():
             pm = torch.zeros(n, T)
             pm[:, :P] = 1
             ft = t * (1 - pm)
+            if sp.prefix_timestep == "perturb":  # the cache's frames run at the level they were noised to
+                ft = ft + sp.prefix_perturb_t * pm
             pred = model(x, ft, y, ymask, prefix_mask=pm)[:, : target.shape[1], P:]
             x0_hat, eps = diff.x0_and_eps(x_t, pred, t)  # 1000 steps: index == t; ε̂ from v̂ for v-models
             out[f"eps_mse_t{t}_{name}"] = float(((eps - noise) ** 2).mean())
