@@ -1,8 +1,8 @@
 #!/bin/sh
-# The v5 run (issue 12, RESULTS.md §16): the v4 recipe (train_v4.sh) with 2×2 patches — 64 tokens per frame
+# The v5 run (issue 12, RESULTS.md §17): the v4 recipe (train_v4.sh) with 2×2 patches — 64 tokens per frame
 # instead of 16, so a 10–16 px sprite covers ~4 tokens instead of ~1 — and 5,000 steps instead of 9,000 (a
 # step costs ~3× as much, 1.1 s at 2 threads on the 2-core CPU box, so the run fits the ~2 h budget). The
-# previous release's VAE is reused (latent space unchanged).
+# previous release's VAE is reused (latent space unchanged). Not shipped: §17.
 # PY: the Python with ca2vdm installed. THREADS: torch threads (default 2). EXTRA: more --set overrides.
 set -e
 PY=${PY:-.venv/bin/python}
