@@ -18,7 +18,7 @@ import torch
 
 from ca2vdm_cli.media.text import encode_text
 from ca2vdm_cli.media.vae import decode_latents, encode_frames
-from ca2vdm_cli.models.stdit.family import sample_video
+from ca2vdm_cli.models.stdit.family import prefix_write_t, sample_video
 from ca2vdm_cli.sampling.ddpm import Diffusion
 from ca2vdm_cli.sprites import world as sprites
 from ca2vdm_cli.store.modeldir import load_model_dir
@@ -94,9 +94,7 @@ with torch.inference_mode():
             T = x.shape[2]
             pm = torch.zeros(n, T)
             pm[:, :P] = 1
-            ft = t * (1 - pm)
-            if sp.prefix_timestep == "perturb":  # the cache's frames run at the level they were noised to
-                ft = ft + sp.prefix_perturb_t * pm
+            ft = t * (1 - pm) + prefix_write_t(sp) * pm  # the prefix runs at the sampler's cache timestep
             pred = model(x, ft, y, ymask, prefix_mask=pm)[:, : target.shape[1], P:]
             x0_hat, eps = diff.x0_and_eps(x_t, pred, t)  # 1000 steps: index == t; ε̂ from v̂ for v-models
             out[f"eps_mse_t{t}_{name}"] = float(((eps - noise) ** 2).mean())
