@@ -225,14 +225,16 @@ class Trainer:
     def fit(self, on_log: LogFn | None = None) -> None:
         s = self.settings
         sums: dict[str, float] = {}
+        seen: dict[str, int] = {}  # a metric is averaged over the steps that reported it
         count, started = 0, time.perf_counter()
         while self.step < s.steps:
             metrics = self.train_step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
+                seen[k] = seen.get(k, 0) + 1
             count += 1
             if self.step % s.log_every == 0 or self.step == s.steps:
-                avg = {k: v / count for k, v in sums.items()}
+                avg = {k: v / seen[k] for k, v in sums.items()}
                 avg["sec_per_step"] = (time.perf_counter() - started) / count
                 if self.info.is_main:
                     logger.info(
@@ -244,7 +246,7 @@ class Trainer:
                     )
                     if on_log is not None:
                         on_log(self.stage, self.step, s.steps, avg)
-                sums, count, started = {}, 0, time.perf_counter()
+                sums, seen, count, started = {}, {}, 0, time.perf_counter()
             elif self.info.is_main and on_log is not None:
                 on_log(self.stage, self.step, s.steps, {})
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:

@@ -54,6 +54,12 @@ class TrainSettings:
     # > 1: the MSE on latent pixels touching foreground (pixels away from their frame's median colour, see
     # data.foreground_masks) counts this many times more; 1 = off
     foreground_weight: float = 1.0
+    # > 0: this fraction of the steps trains text-to-image on single frames (T = 1, P = 0: exactly what
+    # frame 0 of a text-to-video start is) with `image_batch_size` frames drawn from anywhere in the clips
+    # (joint image-video training: a single frame costs 1/(P + chunk) of a clip, so the spatial and text
+    # pathways see many more examples per second); needs text_to_video. 0 = off.
+    image_fraction: float = 0.0
+    image_batch_size: int = 64
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +71,8 @@ class TrainSettings:
             (0 <= self.prefix_perturb_t < 1000, "prefix_perturb_t must be in 0..999"),
             (0 <= self.prefix_noise_max < 1000, "prefix_noise_max must be in 0..999"),
             (self.foreground_weight >= 1, "foreground_weight must be >= 1 (1 = off)"),
+            (0 <= self.image_fraction <= 1, "image_fraction must be in [0, 1]"),
+            (self.image_batch_size >= 1, "image_batch_size must be >= 1"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.tpe_random_start in ("full", "all", "none"), "tpe_random_start must be full|all|none"),
             (

@@ -244,11 +244,20 @@ def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
     diffusion = training_diffusion(card)
     B = settings.batch_size
 
+    if settings.image_fraction > 0 and not card.text_to_video:
+        raise_config("train.image_fraction > 0 trains text-to-image frames; the card must say text_to_video")
+
     def loss_fn(module, step: int, gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-        P = obj.sample_prefix_length(gen, allowed, settings.p_zero_prefix)
-        T = P + chunk
-        from_start = clips.start_is_described and P <= 1
-        x0, captions, fg = clips.sample_with_foreground(gen, B, T, from_start=from_start)
+        image_step = (
+            settings.image_fraction > 0 and float(torch.rand((), generator=gen)) < settings.image_fraction
+        )
+        if image_step:  # single frames from text alone: frame 0 of a text-to-video start
+            P, T, n, from_start = 0, 1, settings.image_batch_size, False
+        else:
+            P = obj.sample_prefix_length(gen, allowed, settings.p_zero_prefix)
+            T, n = P + chunk, B
+            from_start = clips.start_is_described and P <= 1
+        x0, captions, fg = clips.sample_with_foreground(gen, n, T, from_start=from_start)
         tpe_start = obj.draw_tpe_start(gen, T, M, settings.tpe_random_start)
         batch = obj.make_prefix_batch(
             x0.to(device), P, gen, diffusion, settings.prefix_perturb_t, tpe_start, settings.prefix_noise_max
@@ -258,9 +267,14 @@ def dit_loss_fn(clips, tokenizer, settings: TrainSettings, card):
         ids = mask = drop = None
         if tokenizer is not None:
             ids, mask = (t.to(device) for t in tokenize(tokenizer, captions, card.text_max_length))
-            drop = (torch.rand(B, generator=gen) < settings.text_dropout).to(device)
+            drop = (torch.rand(n, generator=gen) < settings.text_dropout).to(device)
         out = module(batch, ids, mask, drop)
-        out["prefix_len"] = torch.tensor(float(P))
+        if image_step:
+            out["image_loss"] = out["loss"].detach()
+        else:
+            out["video_loss"] = out["loss"].detach()
+            out["prefix_len"] = torch.tensor(float(P))
+        out["image_step"] = torch.tensor(float(image_step))
         return out
 
     return loss_fn, allowed
