@@ -7,7 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ca2vdm_cli.errors import ConfigError
+from ca2vdm_cli.errors import ConfigError, WeightsError
 from ca2vdm_cli.models.wan import CausalWan, WanConfig
 from ca2vdm_cli.models.wan.flops import context_flops, denoise_flops, param_count, write_flops
 
@@ -70,11 +70,11 @@ def test_load_is_strict() -> None:
     dst.load_official_state_dict({f"model.{k}": v for k, v in sd.items()})
     bad = dict(sd)
     del bad["blocks.1.norm3.bias"]
-    with pytest.raises(ConfigError, match=r"missing.*blocks\.1\.norm3\.bias"):
+    with pytest.raises(WeightsError, match=r"missing.*blocks\.1\.norm3\.bias"):
         dst.load_official_state_dict(bad)
-    with pytest.raises(ConfigError, match=r"unexpected.*blocks\.9\.extra"):
+    with pytest.raises(WeightsError, match=r"unexpected.*blocks\.9\.extra"):
         dst.load_official_state_dict({**sd, "blocks.9.extra": torch.zeros(1)})
-    with pytest.raises(ConfigError, match=r"mis-shaped.*head\.modulation"):
+    with pytest.raises(WeightsError, match=r"mis-shaped.*head\.modulation"):
         dst.load_official_state_dict({**sd, "head.modulation": torch.zeros(1, 3, 192)})
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ca2vdm_cli.errors import ConfigError, InputError
+from ca2vdm_cli.errors import ConfigError, InputError, WeightsError
 from ca2vdm_cli.models.attention_opts import DENSE, AttentionOptions
 from ca2vdm_cli.models.sparse_attention import build_key_index, lsh_projection, sparse_attention
 from ca2vdm_cli.models.wan.cache import WanKVCache
@@ -84,8 +84,9 @@ class CausalWan(nn.Module):
 
     # ------------------------------------------------------------------ loading
     def load_official_state_dict(self, sd: dict[str, Tensor]) -> None:
-        """Load the 825 official tensors strictly (a leading `model.` is stripped); ConfigError on any
-        missing, unexpected or mis-shaped key. Meta-built models take the tensors as they are."""
+        """Load the 825 official tensors strictly (a leading `model.` is stripped); WeightsError on any
+        missing, unexpected or mis-shaped key (as CausalSTDiT's loader). Meta-built models take the
+        tensors as they are."""
         sd = {k.removeprefix("model."): v for k, v in sd.items()}
         own = self.state_dict()
         missing = [k for k in own if k not in sd]
@@ -97,7 +98,7 @@ class CausalWan(nn.Module):
         ]
         for what, bad in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
             if bad:
-                raise ConfigError(
+                raise WeightsError(
                     f"{len(bad)} {what} keys in the Wan state dict, first: {bad[:3]}; "
                     "pass the generator's 825 official tensors (see WanConfig for the matching shapes)"
                 )
