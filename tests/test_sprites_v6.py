@@ -16,7 +16,8 @@ from tests.train_helpers import tiny_clips, tiny_trainer
 
 
 class Spy(torch.nn.Module):
-    """Stands in for the objective: records each batch's shape, prefix and timesteps; loss = step mean."""
+    """Stands in for the objective: records each batch's shape, prefix length and caption count; the
+    loss is the clip length."""
 
     def __init__(self) -> None:
         super().__init__()
