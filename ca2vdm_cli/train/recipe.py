@@ -6,7 +6,8 @@ A recipe is a TOML or JSON file (or the name of a built-in recipe, e.g. `sprites
     card          the model card of the result (model architecture, sampling defaults, video, text)
     text_encoder  {config = T5Config kwargs} to build one, or {path = DIR} to load one; train = true|false
     vae           {config = AutoencoderKL kwargs, steps, batch, lr, kl_weight} to train one on the sprites
-                  world, or {path = DIR} to load one
+                  world (normalise_channels = true: per-channel zero-mean, unit-std latents folded into
+                  its weights, scaling factor 1), or {path = DIR} to load one
     data          {kind = "sprites", videos, frames} or {kind = "videos", dir, captions, clip_frames,
                   stride, size}; the latents are cached on disk
     train         the optimisation settings (`TrainSettings`)

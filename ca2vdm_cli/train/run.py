@@ -50,8 +50,14 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
     objective = vae_lib.VAEObjective(vae, float(spec.get("kl_weight", 1e-6)))
     _fit_vae(objective, vae, settings, "vae", recipe, out, info, on_log)
     vae.eval()
-    scaling = 1.0 / vae_lib.latent_std(vae, info.device)
-    vae.register_to_config(scaling_factor=scaling)
+    if spec.get("normalise_channels", False):  # per-channel zero mean / unit std, folded into the weights
+        mean, std = vae_lib.channel_stats(vae, info.device)
+        vae_lib.fold_channel_normalisation(vae, mean, std)
+        logger.info("vae: folded per-channel latent mean %s and std %s", mean.tolist(), std.tolist())
+        scaling = 1.0
+    else:
+        scaling = 1.0 / vae_lib.latent_std(vae, info.device)
+        vae.register_to_config(scaling_factor=scaling)
     report = vae_lib.reconstruction_report(vae, scaling, info.device)
     logger.info("vae: scaling_factor=%.5f mae=%.3f bad_pixels=%.5f", scaling, *report.values())
     if info.is_main:

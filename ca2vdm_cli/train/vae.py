@@ -1,7 +1,10 @@
 """Stage 1 of the sprites recipe: a small diffusers `AutoencoderKL` trained on frames of the sprites world.
 
 Reconstruction loss L1 + MSE on pixels in [-1, 1] plus a small KL term; the latent scaling factor is
-1 / std of the latent means of random frames, so the diffusion model sees unit-variance latents.
+1 / std of the latent means of random frames, so the diffusion model sees unit-variance latents. With
+`vae.normalise_channels` the VAE instead gets every latent channel's mean and std folded into its weights
+(`fold_channel_normalisation`): zero-mean, unit-variance latents per channel, scaling factor 1, the same
+decoded pixels.
 """
 
 from __future__ import annotations
@@ -83,6 +86,40 @@ def latent_std(vae: nn.Module, device: torch.device, frames: int = 256) -> float
     x = to_pixels(sprite_frames(gen, frames)).to(device)
     z = torch.cat([vae.encode(part).latent_dist.mean for part in x.split(64)])
     return float(z.std())
+
+
+@torch.no_grad()
+def channel_stats(vae: nn.Module, device: torch.device, frames: int = 256) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (c,) of the latent means of `frames` random frames (the same frames as
+    `latent_std`)."""
+    gen = torch.Generator().manual_seed(REPORT_SEED)
+    x = to_pixels(sprite_frames(gen, frames)).to(device)
+    z = torch.cat([vae.encode(part).latent_dist.mean for part in x.split(64)])  # (N, c, h, w)
+    flat = z.transpose(0, 1).flatten(1)  # (c, N·h·w)
+    return flat.mean(1).cpu(), flat.std(1).cpu()
+
+
+@torch.no_grad()
+def fold_channel_normalisation(vae: nn.Module, mean: Tensor, std: Tensor) -> None:
+    """Make `vae` (a diffusers AutoencoderKL with quant convs) encode z' = (z − mean) / std per channel and
+    decode z' as it decoded z: the mean rows of `quant_conv` are shifted and rescaled (its log-variance
+    rows shifted by −2 log std), the inverse affine map is folded into `post_quant_conv`, and
+    config.scaling_factor becomes 1. mean, std: (c,) in the VAE's raw latent units."""
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("fold_channel_normalisation needs a VAE with quant_conv and post_quant_conv")
+    c = int(vae.config.latent_channels)
+    if mean.shape != (c,) or std.shape != (c,) or not bool((std > 0).all()):
+        raise ValueError(
+            f"mean and std must be ({c},) with std > 0; got {tuple(mean.shape)}, {tuple(std.shape)}"
+        )
+    q, p = vae.quant_conv, vae.post_quant_conv  # 1×1 convs: q (2c → 2c) rows [mean | logvar], p (c → c)
+    m, s = mean.to(q.weight), std.to(q.weight)
+    q.weight[:c] /= s[:, None, None, None]
+    q.bias[:c] = (q.bias[:c] - m) / s
+    q.bias[c:] -= 2 * torch.log(s)
+    p.bias += (p.weight[:, :, 0, 0] * m.to(p.weight)[None, :]).sum(1)  # p(s z' + m) = p'(z')
+    p.weight *= s.to(p.weight)[None, :, None, None]
+    vae.register_to_config(scaling_factor=1.0)
 
 
 @torch.no_grad()
