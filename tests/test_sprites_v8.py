@@ -82,3 +82,17 @@ def test_vae_stage_normalises_channels_when_the_recipe_says_so(tmp_path, normali
         assert vae.config.scaling_factor == pytest.approx(1.0 / vae_lib.latent_std(vae, CPU.device))
         scaled = std * vae.config.scaling_factor
         assert float((scaled - 1).abs().max()) > 1e-2  # one global factor leaves the channels unequal
+
+
+def test_a_loaded_vae_is_normalised_only_when_asked(tmp_path):
+    vae = _shifted_vae()
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    plain = vae_stage({"vae": {"path": str(tmp_path / "vae")}}, tmp_path / "a", CPU)
+    assert plain.config.scaling_factor == 0.5
+    spec = {"path": str(tmp_path / "vae"), "normalise_channels": True}
+    folded = vae_stage({"vae": spec}, tmp_path / "b", CPU)
+    mean, std = vae_lib.channel_stats(folded, CPU.device)
+    assert folded.config.scaling_factor == 1.0
+    torch.testing.assert_close(mean, torch.zeros(4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(std, torch.ones(4), atol=1e-3, rtol=0)

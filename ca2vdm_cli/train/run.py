@@ -35,7 +35,10 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
     spec = recipe["vae"]
     target = out / "vae"
     if "path" in spec:
-        return AutoencoderKL.from_pretrained(spec["path"]).to(info.device).eval()
+        vae = AutoencoderKL.from_pretrained(spec["path"]).to(info.device).eval()
+        if spec.get("normalise_channels", False):
+            _normalise_channels(vae, info)
+        return vae
     if (target / "config.json").is_file():
         logger.info("vae: using the trained VAE in %s", target)
         return AutoencoderKL.from_pretrained(target).to(info.device).eval()
@@ -51,9 +54,7 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
     _fit_vae(objective, vae, settings, "vae", recipe, out, info, on_log)
     vae.eval()
     if spec.get("normalise_channels", False):  # per-channel zero mean / unit std, folded into the weights
-        mean, std = vae_lib.channel_stats(vae, info.device)
-        vae_lib.fold_channel_normalisation(vae, mean, std)
-        logger.info("vae: folded per-channel latent mean %s and std %s", mean.tolist(), std.tolist())
+        _normalise_channels(vae, info)
         scaling = 1.0
     else:
         scaling = 1.0 / vae_lib.latent_std(vae, info.device)
@@ -65,6 +66,15 @@ def vae_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn |
         (out / "vae-report.json").write_text(json.dumps({"scaling_factor": scaling, **report}, indent=2))
     barrier(info)
     return vae
+
+
+def _normalise_channels(vae, info: DistInfo) -> None:
+    """Fold the per-channel latent mean and std of random sprite frames into `vae` (scaling factor 1)."""
+    from ca2vdm_cli.train import vae as vae_lib
+
+    mean, std = vae_lib.channel_stats(vae, info.device)
+    vae_lib.fold_channel_normalisation(vae, mean, std)
+    logger.info("vae: folded per-channel latent mean %s and std %s", mean.tolist(), std.tolist())
 
 
 def decoder_stage(recipe: dict[str, Any], out: Path, info: DistInfo, on_log: LogFn | None = None):
